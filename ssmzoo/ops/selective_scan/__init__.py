@@ -1,0 +1,140 @@
+"""The selective scan with routes: public function, ``torch.library`` op, autograd and backend dispatch.
+
+Backends (same canonical signature, see ``reference.selective_scan``): ``reference`` (sequential, the definition),
+``chunked`` (parallel PyTorch, CPU and ONNX) and ``triton`` (CUDA kernels). ``SSMZOO_BACKEND`` forces one; else CUDA
+tensors use triton when it is importable and CPU tensors use chunked. A CUDA call without triton falls back to
+chunked with a one-time warning. During ONNX export the chunked path is traced directly, so the ONNX graph holds
+standard ops only; torch.compile and torch.export see the single op ``torch.ops.ssmzoo.selective_scan``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ssmzoo.ops.directions import Routes
+from ssmzoo.ops.selective_scan import reference
+from ssmzoo.ops.selective_scan.checks import MERGES, Canonical, canonicalize
+
+__all__ = ["selective_scan", "backend_name"]
+
+BACKENDS = ("reference", "chunked", "triton")
+_warned: set[str] = set()
+
+
+def _load(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"ssmzoo.ops.selective_scan.{name}")
+    except ImportError:
+        return None
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def backend_name(device: torch.device) -> str:
+    """The backend a call on ``device`` runs: SSMZOO_BACKEND if set, else triton on CUDA, chunked elsewhere."""
+    forced = os.environ.get("SSMZOO_BACKEND", "")
+    if forced and forced not in BACKENDS:
+        raise ValueError(f"SSMZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
+    wanted = forced or ("triton" if device.type == "cuda" else "chunked")
+    if wanted == "triton" and (device.type != "cuda" or _load("triton") is None):
+        _warn_once(f"triton-{device.type}", f"selective_scan: no Triton kernel for {device.type} tensors here; "
+                                            "using the chunked PyTorch path (slower)")
+        wanted = "chunked"
+    if wanted == "chunked" and _load("chunked") is None:
+        wanted = "reference"
+    return wanted
+
+
+def _backend(device: torch.device) -> ModuleType:
+    name = backend_name(device)
+    return reference if name == "reference" else _load(name)
+
+
+def _run(c: Canonical, delta_softplus, merge, return_last_state, return_states, out_dtype, module=None):
+    module = module or _backend(c.u.device)
+    return module.selective_scan(c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, c.order,
+                                 c.inverse, delta_softplus, merge or "none", c.channels_last, return_last_state,
+                                 return_states, out_dtype)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = True,
+                   routes: Routes | str = "forward", merge: str | None = "sum", layout: str = "channels_first",
+                   initial_state: Tensor | None = None, return_last_state: bool = False,
+                   return_states: bool = False, out_dtype: torch.dtype | None = None):
+    """Mamba-1 selective scan along K routes, inputs and outputs in the natural (spatial) layout.
+
+    Per route k the scan visits natural position p_t = route_k(t) at step t (mamba_ssm ``selective_scan_ref``):
+    ``h_t = exp(dt_t A_k) h_{t-1} + dt_t B_k[p_t] u_k[p_t]``, ``y_k[p_t] = C_k[p_t] . h_t``, with
+    ``dt = softplus(delta_k + delta_bias_k)``; then ``out_k = (y_k + D_k u_k) * silu(z)``, merged over routes.
+
+    Shapes, with batch B, channels D, states N, groups G (D % G == 0; channel d uses group d // (D/G)), routes K,
+    and spatial = (L,) or, for routes on a grid, (L,) or (H, W) (row-major, L = H*W):
+
+    ======================  ===============================  =================================
+    argument                layout="channels_first"          layout="channels_last"
+    ======================  ===============================  =================================
+    u, delta  shared        (B, D, *spatial)                 (B, *spatial, D)
+    u, delta  per route     (B, K, D, *spatial)              (B, *spatial, K, D)
+    B, C      shared        (B, G, N, *spatial)              (B, *spatial, G, N)
+    B, C      per route     (B, K, G, N, *spatial)           (B, *spatial, K, G, N)
+    z (optional, shared)    (B, D, *spatial)                 (B, *spatial, D)
+    A                       (D, N) or (K, D, N)              same
+    D, delta_bias           (D,) or (K, D)                   same
+    initial_state           (B, K, D, N)                     same
+    return: merge sum/mean  (B, D, *spatial)                 (B, *spatial, D)
+    return: merge=None      (B, K, D, *spatial)              (B, *spatial, K, D)
+    last_state              (B, K, D, N)                     same
+    states                  (B, K, D, L, N), natural order   same
+    ======================  ===============================  =================================
+
+    Args:
+        u, delta, B, C, z: float32, float16, bfloat16 (or float64); any strides, nothing is copied by the caller.
+        A: float32/float64, real, every entry <= 0 (each route must decay; A = -exp(A_log)).
+        D, delta_bias, initial_state: float32/float64.
+        delta_softplus: apply softplus to delta + delta_bias (mamba_ssm's threshold 20). When False, delta must be
+            >= 0 already.
+        routes: a ``ssmzoo.ops.directions.Routes`` (e.g. ``directions.cross2d(H, W)``, ``directions.bidi(L)``,
+            ``directions.permutation(idx)``) or a name: "forward", "reverse", "bidi" (1-D, L from the tensors),
+            "cross2d", "bidi2d", "unidi2d" (2-D, tensors must carry (H, W)).
+        merge: "sum" (VMamba), "mean" (Vim) or None (per-route outputs).
+        layout: "channels_first" or "channels_last", for every activation and the output.
+        initial_state: state before step 0 of each route (streaming); zeros when None.
+        return_last_state: also return the state after the last step of each route.
+        return_states: also return the state after every step, at the natural position visited (Spatial-Mamba).
+        out_dtype: dtype of the output; default float32 (float64 if an input is float64). States are always in
+            the compute dtype (float32, or float64).
+
+    Returns:
+        ``out``, or a tuple ``(out, last_state)``, ``(out, states)`` or ``(out, last_state, states)`` when asked.
+        Gradients flow to every tensor input and through last_state and states.
+
+    Raises:
+        ValueError: naming the argument and the shapes, for mismatched shapes, routes that do not fit the
+            spatial shape, wrong dtypes or devices, A with positive entries (always checked on the CPU, on other
+            devices with SSMZOO_CHECK_FINITE=1), and NaN/Inf inputs when SSMZOO_CHECK_FINITE=1.
+    """
+    if merge not in MERGES:
+        raise ValueError(f"selective_scan: merge must be one of {MERGES}, got {merge!r}")
+    c = canonicalize(u, delta, A, B, C, D, z, delta_bias, routes, layout, initial_state)
+    y, last, states = _run(c, delta_softplus, merge, return_last_state, return_states, out_dtype)
+    extra = [x for x, wanted in ((last, return_last_state), (states, return_states)) if wanted]
+    y = _unflatten(y, c.spatial, c.channels_last)
+    return (y, *extra) if extra else y
+
+
+def _unflatten(y: Tensor, spatial: tuple[int, ...], channels_last: bool) -> Tensor:
+    if len(spatial) == 1:
+        return y
+    return y.unflatten(1, spatial) if channels_last else y.unflatten(-1, spatial)
+
