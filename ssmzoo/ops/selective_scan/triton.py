@@ -1,0 +1,671 @@
+"""Triton kernels for the selective scan with routes (CUDA): forward and backward on the canonical views.
+
+Same contract as ``reference.selective_scan`` (the definition) and ``chunked.selective_scan_backward``: u, delta
+(B, Ku, D, L); A (Ka, D, N); B, C (B, Kb, G, N, L); D, delta_bias (Kx, D); z (B, D, L); initial_state (B, K, D, N);
+order (Bi, K, L), any strides, natural (spatial) positions. Nothing is copied into route order.
+
+How the work is split:
+
+- One program per (batch, tile of BLOCK_D channels); it runs the K routes one after the other. Several channels per
+  program keep short sequences (L = 34, 197) from wasting lanes, and let the backward sum dB and dC over the channel
+  tile before its one atomic add per (position, state).
+- A route walks the sequence in tiles of T steps of its *base order*, carrying the state between tiles. Routes are
+  index arithmetic, recognised once per route tensor (``route_kinds``): FLAT (positions in storage order: 1-D
+  forward, grid row-major), COL (grid column-major, position (s % H) * W + s // H) or TABLE (any permutation or
+  per-sample route, positions read from ``order``). A reversed route (reverse, row_rev, col_rev) walks the same
+  tiles in the other direction and scans each tile backwards, so its loads stay in storage order.
+- Inside a tile the recurrence h_t = a_t h_{t-1} + b_t is a ``tl.associative_scan`` along T per state n (loop over
+  N), started from the carried state; y accumulates C_n h over n in registers.
+- The K route outputs are merged in the kernel: a route adds its tile to the fp32 sum the previous routes left in a
+  (B, D, L) workspace, and the last route gates it with silu(z) and writes the output once. The same program wrote
+  that workspace tile a moment before, so it is reread from cache, not HBM, when the program's tiles fit in cache.
+- Backward: per route, tiles in reverse route order; the forward states of a tile are recomputed from the state
+  saved at its entry (a forward pass that writes only those (B, K, n_tiles + 1, D, N) entry states when L > T;
+  never (B, D, L, N)), the adjoint is a reversed associative scan carried between tiles, and du / ddelta / dz of
+  inputs shared by several routes are summed over routes through the same workspace scheme.
+
+All arithmetic is fp32 (exp and log via exp2/log2); inputs may be fp32, fp16 or bf16; outputs are written in the
+requested dtype. float64 calls (tests, gradcheck) go to the chunked path.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["selective_scan", "selective_scan_backward", "route_kinds", "Config", "config_for"]
+
+FLAT, COL, TABLE = 0, 1, 2
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# SSMZOO_POISON=1 fills every kernel-written buffer with NaN before the launch: an element a kernel forgot to
+# write then fails the comparison against the reference (tests set it).
+_POISON_ENV = "SSMZOO_POISON"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernel helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softplus(x):
+    """mamba_ssm's softplus: log(1 + e^x), identity above 20."""
+    return tl.where(x > 20.0, x, tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp2(-x * 1.4426950408889634))
+
+
+@triton.jit
+def _state_combine(a1, b1, a2, b2):
+    """Compose h -> a1 h + b1 (earlier step) with h -> a2 h + b2 (later step)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _adjoint_combine(f1, p1, g1, f2, p2, g2):
+    """Compose adjoint segments for g_t = c_t + a_{t+1} g_{t+1}; segment 1 is later in route order (scanned first).
+
+    A segment [i..j] is (f, p, g): f = a_i, p = a_{i+1} ... a_j, g = g_i given a zero adjoint after step j, so
+    that with an incoming adjoint kappa = a_{j+1} g_{j+1}, g_i = g + p * kappa.
+    """
+    t = p2 * f1
+    return f2, t * p1, g2 + t * g1
+
+
+@triton.jit
+def _positions(s, L, H, W, order_row, KIND: tl.constexpr):
+    """Natural positions (int32) of base-order steps s of a route of kind KIND."""
+    if KIND == 1:
+        return (s % H) * W + s // H
+    elif KIND == 2:
+        return tl.load(order_row + s, mask=s < L, other=0).to(tl.int32)
+    else:
+        return s
+
+
+@triton.jit
+def _pick(x, cols, which):
+    """Column ``which`` of a (BLOCK_D, T) tile, as a (BLOCK_D,) vector."""
+    return tl.sum(tl.where(cols[None, :] == which, x, 0.0), 1)
+
+
+@triton.jit
+def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K: tl.constexpr):
+    """Sum a tile over the K routes of this program: routes 0..K-2 leave the running sum in the fp32 workspace,
+    route K-1 adds it and writes the total in the output's dtype."""
+    if K > 1:
+        if k > 0:
+            val += tl.load(ws_ptr + ws_offs, mask=mask, other=0.0)
+        if k < K - 1:
+            tl.store(ws_ptr + ws_offs, val, mask=mask)
+    if k == K - 1:
+        tl.store(out_ptr + out_offs, val.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr,
+    out_ptr, ws_ptr, chunk_ptr, states_ptr,
+    su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
+    sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l, sD_k, sbias_k,
+    sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_d, sws_l, sord_b, sord_k,
+    L, H, W, Dm, N, n_tiles, d_per_group,
+    K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
+    U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
+    X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, SAVE_CHUNKS: tl.constexpr, RET_STATES: tl.constexpr,
+    MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr,
+):
+    """Forward scan of one (batch, channel tile) over the K routes.
+
+    Writes out (merged, MERGE 1 = sum, 2 = mean; or per route, MERGE 0) when OUTPUT; the state entering every tile
+    into chunk (B, K, n_tiles + 1, D, N) fp32 when SAVE_CHUNKS (slot n_tiles is the last state; slot 0 holds the
+    initial state, read when CARRY); every state into states (B, K, D, L, N) fp32 when RET_STATES.
+    """
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < Dm
+    cols = tl.arange(0, T)
+    if SAME_GROUP:
+        grp = (pid_d * BLOCK_D) // d_per_group
+    else:
+        grp = d // d_per_group
+    for k in tl.static_range(K):
+        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + d[:, None] * su_d
+        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + d[:, None] * sdl_d
+        a_row = A_ptr + (k if A_ROUTES else 0) * sA_k + d * sA_d
+        if SAME_GROUP:
+            b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp * sB_g
+            c_row = C_ptr + b * sC_b + (k if BC_ROUTES else 0) * sC_k + grp * sC_g
+        else:
+            b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp[:, None] * sB_g
+            c_row = C_ptr + b * sC_b + (k if BC_ROUTES else 0) * sC_k + grp[:, None] * sC_g
+        chunk_row = chunk_ptr + ((b * K + k) * (n_tiles + 1)) * Dm * N + d * N
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + (k if X_ROUTES else 0) * sbias_k + d, mask=dmask, other=0.0)
+        for i in range(n_tiles):
+            j = n_tiles - 1 - i if REVS[k] else i
+            s = j * T + cols
+            tmask = s < L
+            pos = _positions(s, L, H, W, order_ptr + b * sord_b + k * sord_k, KINDS[k])
+            m2 = dmask[:, None] & tmask[None, :]
+            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias[:, None]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m2, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
+            dtu = dt * u
+            y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+            for n in range(N):
+                A2 = tl.load(a_row + n * sA_n, mask=dmask, other=0.0) * 1.4426950408889634
+                if SAME_GROUP:
+                    Bn = tl.load(b_row + n * sB_n + pos * sB_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
+                else:
+                    Bn = tl.load(b_row + n * sB_n + pos[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
+                a = tl.exp2(dt * A2[:, None])
+                acum, h = tl.associative_scan((a, dtu * Bn), 1, _state_combine, reverse=REVS[k])
+                if CARRY:
+                    h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
+                    h += acum * h0[:, None]
+                if SAVE_CHUNKS:
+                    h_end = _pick(h, cols, 0 if REVS[k] else T - 1)
+                    tl.store(chunk_row + (i + 1) * Dm * N + n, h_end, mask=dmask)
+                if RET_STATES:
+                    st = states_ptr + (((b * K + k) * Dm + d[:, None]) * L + pos[None, :]) * N + n
+                    tl.store(st, h, mask=m2)
+                if OUTPUT:
+                    if SAME_GROUP:
+                        Cn = tl.load(c_row + n * sC_n + pos * sC_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
+                    else:
+                        Cn = tl.load(c_row + n * sC_n + pos[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
+                    y += Cn * h
+            if OUTPUT:
+                if HAS_D:
+                    Dk = tl.load(D_ptr + (k if X_ROUTES else 0) * sD_k + d, mask=dmask, other=0.0)
+                    y += Dk[:, None] * u
+                if MERGE == 0 or k == K - 1:
+                    if MERGE != 0 and K > 1:
+                        y += tl.load(ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l,
+                                     mask=m2, other=0.0)
+                    if MERGE == 2:
+                        y = y / K
+                    if HAS_Z:
+                        zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l,
+                                     mask=m2, other=0.0).to(tl.float32)
+                        y = y * zt * _sigmoid(zt)
+                    o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + d[:, None] * so_d + pos[None, :] * so_l
+                    tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m2)
+                else:
+                    ws = ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
+                    if k > 0:
+                        y += tl.load(ws, mask=m2, other=0.0)
+                    tl.store(ws, y, mask=m2)
+            # the next tile reads the carry other threads just stored; the next route rereads the workspace
+            tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, dout_ptr, chunk_ptr, gc_ptr, dst_ptr,
+    du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
+    su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
+    sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l, sD_k, sbias_k,
+    sz_b, sz_d, sz_l, sdo_b, sdo_k, sdo_d, sdo_l, sord_b, sord_k,
+    sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_d, sws_l,
+    sdB_b, sdB_k, sdB_g, sdB_n,
+    L, H, W, Dm, N, n_tiles, d_per_group,
+    K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
+    U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
+    X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, HAS_DSTATES: tl.constexpr, MERGE: tl.constexpr,
+    SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+):
+    """Backward of one (batch, channel tile) over the K routes, tiles in reverse route order.
+
+    Reads the tile-entry states from chunk (when CARRY) and the adjoint carry from gc (B, K, 2, D, N) fp32, whose
+    slot (n_tiles - 1) % 2 holds d last_state on entry; slot 1 holds d initial_state on exit. dB, dC (fp32
+    (B, Kb, G, N, L)), dA, dD, ddelta_bias are accumulated with atomic adds; du, ddelta, dz are written (summed
+    over routes through the fp32 workspaces when the input is shared by the routes).
+    """
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < Dm
+    cols = tl.arange(0, T)
+    if SAME_GROUP:
+        grp = (pid_d * BLOCK_D) // d_per_group
+    else:
+        grp = d // d_per_group
+    for k in tl.static_range(K):
+        kb = k if BC_ROUTES else 0
+        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + d[:, None] * su_d
+        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + d[:, None] * sdl_d
+        a_row = A_ptr + (k if A_ROUTES else 0) * sA_k + d * sA_d
+        dA_row = dA_ptr + ((k if A_ROUTES else 0) * Dm + d) * N
+        if SAME_GROUP:
+            b_row = B_ptr + b * sB_b + kb * sB_k + grp * sB_g
+            c_row = C_ptr + b * sC_b + kb * sC_k + grp * sC_g
+            dB_row = dB_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
+            dC_row = dC_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
+        else:
+            b_row = B_ptr + b * sB_b + kb * sB_k + grp[:, None] * sB_g
+            c_row = C_ptr + b * sC_b + kb * sC_k + grp[:, None] * sC_g
+            dB_row = dB_ptr + b * sdB_b + kb * sdB_k + grp[:, None] * sdB_g
+            dC_row = dC_ptr + b * sdB_b + kb * sdB_k + grp[:, None] * sdB_g
+        chunk_row = chunk_ptr + ((b * K + k) * (n_tiles + 1)) * Dm * N + d * N
+        gc_row = gc_ptr + ((b * K + k) * 2) * Dm * N + d * N
+        kx = k if X_ROUTES else 0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
+        if HAS_D:
+            Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for r in range(n_tiles):
+            i = n_tiles - 1 - r  # traversal index of this tile
+            j = n_tiles - 1 - i if REVS[k] else i
+            s = j * T + cols
+            tmask = s < L
+            pos = _positions(s, L, H, W, order_ptr + b * sord_b + k * sord_k, KINDS[k])
+            m2 = dmask[:, None] & tmask[None, :]
+            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+            x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                x += bias[:, None]
+            dt = _softplus(x) if SOFTPLUS else x
+            dt = tl.where(m2, dt, 0.0)
+            dtu = dt * u
+            do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d[:, None] * sdo_d
+                         + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+            if MERGE == 2:
+                do = do / K
+            if HAS_Z:
+                zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l,
+                             mask=m2, other=0.0).to(tl.float32)
+                zsig = _sigmoid(zt)
+                dy = do * zt * zsig
+            else:
+                dy = do
+            ddt = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+            sdtu = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # sum_n g * B: gradient of dt * u
+            y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+            for n in range(N):
+                An = tl.load(a_row + n * sA_n, mask=dmask, other=0.0)
+                if SAME_GROUP:
+                    Bn = tl.load(b_row + n * sB_n + pos * sB_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
+                    Cn = tl.load(c_row + n * sC_n + pos * sC_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
+                else:
+                    Bn = tl.load(b_row + n * sB_n + pos[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
+                    Cn = tl.load(c_row + n * sC_n + pos[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
+                a = tl.exp2(dt * (An * 1.4426950408889634)[:, None])
+                bn = dtu * Bn
+                acum, h = tl.associative_scan((a, bn), 1, _state_combine, reverse=REVS[k])
+                if CARRY:
+                    h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
+                    h += acum * h0[:, None]
+                if HAS_Z:
+                    y += Cn * h
+                c = Cn * dy
+                if HAS_DSTATES:
+                    st = dst_ptr + (((b * K + k) * Dm + d[:, None]) * L + pos[None, :]) * N + n
+                    c += tl.load(st, mask=m2, other=0.0)
+                _, p, g = tl.associative_scan((a, tl.full([BLOCK_D, T], 1.0, tl.float32), c), 1, _adjoint_combine,
+                                              reverse=not REVS[k])
+                kappa = tl.load(gc_row + (i % 2) * Dm * N + n, mask=dmask, other=0.0)
+                g += p * kappa[:, None]
+                # adjoint flowing into the state before this tile: a_first * g_first (padding steps are identity)
+                tl.store(gc_row + ((i + 1) % 2) * Dm * N + n, _pick(a * g, cols, T - 1 if REVS[k] else 0),
+                         mask=dmask)
+                w = g * (h - bn)  # g_t * a_t * h_{t-1}
+                ddt += w * An[:, None]
+                sdtu += g * Bn
+                tl.atomic_add(dA_row + n, tl.sum(dt * w, 1), mask=dmask, sem="relaxed")
+                if SAME_GROUP:
+                    tl.atomic_add(dB_row + n * L + pos, tl.sum(g * dtu, 0), mask=tmask, sem="relaxed")
+                    tl.atomic_add(dC_row + n * L + pos, tl.sum(dy * h, 0), mask=tmask, sem="relaxed")
+                else:
+                    tl.atomic_add(dB_row + n * L + pos[None, :], g * dtu, mask=m2, sem="relaxed")
+                    tl.atomic_add(dC_row + n * L + pos[None, :], dy * h, mask=m2, sem="relaxed")
+            ddt += sdtu * u
+            du = sdtu * dt
+            if HAS_D:
+                du += Dk[:, None] * dy
+                dD_acc += tl.sum(dy * u, 1)
+            if SOFTPLUS:
+                ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x))
+            ddt = tl.where(m2, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, 1)
+            ws_offs = b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
+            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d[:, None] * sdu_d + pos[None, :] * sdu_l
+            ddl_offs = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d[:, None] * sddl_d + pos[None, :] * sddl_l
+            if U_ROUTES:
+                tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m2)
+            else:
+                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K)
+            if DL_ROUTES:
+                tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
+            else:
+                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K)
+            if HAS_Z:
+                if HAS_D:
+                    y += Dk[:, None] * u
+                dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
+                dz_offs = b * sdz_b + d[:, None] * sdz_d + pos[None, :] * sdz_l
+                _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, dz_offs, m2, k, K)
+            # the next tile reads the adjoint carry other threads just stored; the next route rereads workspaces
+            tl.debug_barrier()
+        if HAS_D:
+            tl.atomic_add(dD_ptr + kx * Dm + d, dD_acc, mask=dmask, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + kx * Dm + d, dbias_acc, mask=dmask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side: routes, configuration, launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+_route_cache: dict[int, tuple[weakref.ref, int, tuple]] = {}
+
+
+def route_kinds(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, int]:
+    """Recognise each route of ``order`` (Bi, K, L) as index arithmetic: (kinds, reversed, H, W).
+
+    kinds[k] is FLAT (storage order, reversed[k] for its reverse), COL (column-major on an H x W grid, or its
+    reverse) or TABLE (positions read from ``order``; per-sample routes always). The answer is cached per tensor
+    object (routes keep their device tensors), so the host sync happens once per route set.
+    """
+    key = id(order)
+    hit = _route_cache.get(key)
+    if hit is not None and hit[0]() is order and hit[1] == order._version:
+        return hit[2]
+    result = _classify(order)
+    _route_cache[key] = (weakref.ref(order, lambda _, key=key: _route_cache.pop(key, None)), order._version, result)
+    return result
+
+
+def _classify(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, int]:
+    Bi, K, L = order.shape
+    if Bi > 1:
+        return (TABLE,) * K, (False,) * K, 1, L
+    maps = order[0].cpu()
+    steps = torch.arange(L)
+    kinds, revs, grid = [], [], (1, L)
+    for row in maps:
+        found = None
+        for rev, candidate in ((False, row), (True, row.flip(0))):
+            if torch.equal(candidate, steps):
+                found = (FLAT, rev)
+                break
+            if L > 1 and 1 < int(candidate[1]) < L and L % int(candidate[1]) == 0:
+                W = int(candidate[1])
+                H = L // W
+                if torch.equal(candidate, (steps % H) * W + steps // H) and grid in ((1, L), (H, W)):
+                    found, grid = (COL, rev), (H, W)
+                    break
+        kind, rev = found or (TABLE, False)
+        kinds.append(kind)
+        revs.append(rev)
+    return tuple(kinds), tuple(revs), grid[0], grid[1]
+
+
+class Config:
+    """Launch parameters of one call: tile length T, channels per program, warps. The same T must be used by the
+    forward pass that saves tile-entry states and the backward that reads them."""
+
+    def __init__(self, T: int, block_d: int, num_warps: int, same_group: bool):
+        self.T, self.block_d, self.num_warps, self.same_group = T, block_d, num_warps, same_group
+
+    def __repr__(self) -> str:
+        return f"Config(T={self.T}, block_d={self.block_d}, num_warps={self.num_warps}, same_group={self.same_group})"
+
+
+MAX_T = int(os.environ.get("SSMZOO_SCAN_MAX_T", "256"))
+TILE_ELEMS = {"fwd": 4096, "bwd": 2048}
+
+
+def config_for(L: int, Dm: int, d_per_group: int, which: str) -> Config:
+    """Tile length T (power of two, at most MAX_T) and BLOCK_D channels per program (a power of two that divides the
+    group size when it can, so the program's channels share one row of B and C)."""
+    T = min(max(16, triton.next_power_of_2(L)), MAX_T)
+    want = max(1, min(64, TILE_ELEMS[which] // T, triton.next_power_of_2(Dm)))
+    block_d = want
+    while block_d > 1 and d_per_group % block_d:
+        block_d //= 2
+    same_group = block_d >= min(want, 4)
+    if not same_group:
+        block_d = want
+    return Config(T, block_d, 4, same_group)
+
+
+def _poison() -> bool:
+    return os.environ.get(_POISON_ENV, "0") == "1"
+
+
+def _new(shape, dtype, device, zero: bool = False) -> Tensor:
+    """A buffer the kernels write in full: NaN-filled under SSMZOO_POISON=1 so unwritten elements show."""
+    if zero:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if _poison():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _like(x: Tensor) -> Tensor:
+    """A gradient buffer with x's shape, dtype and strides (what the op's fake promises), poisoned like _new."""
+    t = torch.empty_like(x)
+    return t.fill_(float("nan")) if _poison() else t
+
+
+def _natural(batch: int, K: int | None, Dm: int, L: int, dtype, device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """A natural-layout buffer (B, [K,] D, L) or (B, L, [K,] D) and its canonical (B, K|1, D, L) view."""
+    if channels_last:
+        t = _new((batch, L, K, Dm) if K else (batch, L, Dm), dtype, device)
+        view = t.movedim(1, -1) if K else t.movedim(1, -1).unsqueeze(1)
+    else:
+        t = _new((batch, K, Dm, L) if K else (batch, Dm, L), dtype, device)
+        view = t if K else t.unsqueeze(1)
+    return t, view
+
+
+def _check(u: Tensor, *tensors: Tensor | None) -> None:
+    for x in (u, *tensors):
+        if x is not None and x.dtype not in KERNEL_DTYPES + (torch.float32,):
+            raise ValueError(f"selective_scan (triton): unsupported dtype {x.dtype}; use float32, float16 or "
+                             f"bfloat16")
+    if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"selective_scan (triton): tensors must be on a CUDA device, got {u.device}")
+
+
+class _Call:
+    """Everything both kernels need about one call: shapes, route kinds, flags, strides, config."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, which):
+        self.batch, self.Ku, self.Dm, self.L = u.shape
+        self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
+        self.kinds, self.revs, self.H, self.W = route_kinds(order)
+        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, which)
+        self.n_tiles = triton.cdiv(self.L, self.cfg.T)
+        self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
+        self.order = order
+        self.flags = dict(
+            K=self.K, KINDS=self.kinds, REVS=self.revs,
+            U_ROUTES=u.shape[1] > 1, DL_ROUTES=delta.shape[1] > 1, A_ROUTES=A.shape[0] > 1,
+            BC_ROUTES=B.shape[1] > 1 or C.shape[1] > 1,
+            X_ROUTES=(D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            MERGE=self.merge, SAME_GROUP=self.cfg.same_group, BLOCK_D=self.cfg.block_d, T=self.cfg.T,
+        )
+        # routes sharing B or C with per-route partners: expand the shared one (a stride-0 view, no copy)
+        self.B = B.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and B.shape[1] == 1 else B
+        self.C = C.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and C.shape[1] == 1 else C
+        self.D = D.expand(self.K, -1) if D is not None and self.flags["X_ROUTES"] and D.shape[0] == 1 else D
+        self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and self.flags["X_ROUTES"]
+                     and delta_bias.shape[0] == 1 else delta_bias)
+        self.grid = (triton.cdiv(self.Dm, self.cfg.block_d), self.batch)
+
+    def input_strides(self, u, delta, A, z) -> tuple:
+        """Strides of the inputs in the kernels' argument order (dummy zeros for absent tensors)."""
+        zs = (z.stride(0), z.stride(1), z.stride(2)) if z is not None else (0, 0, 0)
+        order_b = self.order.stride(0) if self.order.shape[0] > 1 else 0
+        return (*u.stride(), *delta.stride(), *A.stride(), *self.B.stride(), *self.C.stride(),
+                self.D.stride(0) if self.D is not None else 0,
+                self.bias.stride(0) if self.bias is not None else 0, *zs), (order_b, self.order.stride(1))
+
+    def sizes(self) -> tuple:
+        return self.L, self.H, self.W, self.Dm, self.N, self.n_tiles, self.Dm // self.G
+
+    def chunk_buffer(self, initial_state: Tensor | None, device) -> Tensor:
+        """(B, K, n_tiles + 1, D, N) fp32 tile-entry states; slot 0 = initial state (zeros when None)."""
+        chunk = _new((self.batch, self.K, self.n_tiles + 1, self.Dm, self.N), torch.float32, device)
+        if initial_state is None:
+            chunk[:, :, 0].zero_()
+        else:
+            chunk[:, :, 0].copy_(initial_state)
+        return chunk
+
+
+def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chunk, states, output: bool,
+             save_chunks: bool):
+    """Launch the forward kernel (see _fwd_kernel) on canonical inputs."""
+    strides, order_strides = call.input_strides(u, delta, A, z)
+    dummy = u
+    out_strides = out_view.stride() if out_view is not None else (0, 0, 0, 0)
+    ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
+    _fwd_kernel[call.grid](
+        u, delta, A, call.B, call.C, call.D if call.D is not None else dummy, z if z is not None else dummy,
+        call.bias if call.bias is not None else dummy, call.order,
+        out if out is not None else dummy, ws if ws is not None else dummy, chunk if chunk is not None else dummy,
+        states if states is not None else dummy,
+        *strides, *out_strides, *ws_strides, *order_strides, *call.sizes(),
+        CARRY=chunk is not None and (call.n_tiles > 1 or initial_state is not None), SAVE_CHUNKS=save_chunks,
+        RET_STATES=states is not None, OUTPUT=output, **call.flags, num_warps=call.cfg.num_warps,
+    )
+
+
+def _workspace(call: _Call, device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """fp32 (B, 1, D, L) canonical view of a natural-layout workspace (and the tensor itself)."""
+    return _natural(call.batch, None, call.Dm, call.L, torch.float32, device, channels_last)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                   delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
+                   delta_softplus: bool, merge: str, channels_last: bool, return_last_state: bool,
+                   return_states: bool, out_dtype: torch.dtype | None
+                   ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Forward on canonical views (``reference.selective_scan`` gives the semantics and the output shapes).
+
+    Returns (y, last_state, states): y in the natural layout, (B, D, L) / (B, L, D) merged or (B, K, D, L) /
+    (B, L, K, D) per route, in ``out_dtype`` (default float32); last_state (B, K, D, N) and states
+    (B, K, D, L, N) fp32 when requested, else None.
+    """
+    if any(x is not None and x.dtype == torch.float64 for x in (u, delta, A, B, C, D, z, delta_bias, initial_state)):
+        from ssmzoo.ops.selective_scan import chunked
+        return chunked.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse,
+                                      delta_softplus, merge, channels_last, return_last_state, return_states,
+                                      out_dtype)
+    _check(u, delta, B, C, z)
+    call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, "fwd")
+    device = u.device
+    out, out_view = _natural(call.batch, call.K if call.merge == 0 else None, call.Dm, call.L,
+                             out_dtype or torch.float32, device, channels_last)
+    ws = _workspace(call, device, channels_last)[1] if call.merge and call.K > 1 else None
+    save_chunks = call.n_tiles > 1 or return_last_state
+    chunk = call.chunk_buffer(initial_state, device) if save_chunks or initial_state is not None else None
+    states = _new((call.batch, call.K, call.Dm, call.L, call.N), torch.float32, device) if return_states else None
+    _forward(call, u, delta, A, z, initial_state, out, out_view, ws, chunk, states, True, save_chunks)
+    last = chunk[:, :, call.n_tiles].contiguous() if return_last_state else None
+    return out, last, states
+
+
+def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | None, u: Tensor, delta: Tensor,
+                            A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                            delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
+                            delta_softplus: bool, merge: str, channels_last: bool,
+                            out_dtype: torch.dtype | None) -> list[Tensor | None]:
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) in their canonical shapes and dtypes
+    (None for absent inputs), given dy in the layout of y, dlast (B, K, D, N) and dstates (B, K, D, L, N) (either
+    may be None). Forward states are recomputed tile by tile."""
+    if any(x is not None and x.dtype == torch.float64 for x in (u, delta, A, B, C, D, z, delta_bias, initial_state)):
+        from ssmzoo.ops.selective_scan import chunked
+        return chunked.selective_scan_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias,
+                                               initial_state, order, inverse, delta_softplus, merge, channels_last,
+                                               out_dtype)
+    _check(u, delta, B, C, z, dy)
+    call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, "bwd")
+    device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
+    carry = call.n_tiles > 1 or initial_state is not None
+    chunk = call.chunk_buffer(initial_state, device) if carry else None
+    if call.n_tiles > 1:  # recompute the state entering every tile (reads u, delta, B once; writes chunk only)
+        _forward(call, u, delta, A, z, initial_state, None, None, None, chunk, None, False, True)
+    gc = _new((batch, K, 2, Dm, N), torch.float32, device)
+    if dlast is None:
+        gc[:, :, (call.n_tiles - 1) % 2].zero_()
+    else:
+        gc[:, :, (call.n_tiles - 1) % 2].copy_(dlast)
+    # dy as a canonical (B, K|1, D, L) view of the natural layout of y
+    if call.merge == 0:
+        dy_view = dy.movedim(1, -1) if channels_last else dy
+    else:
+        dy_view = (dy.movedim(1, -1) if channels_last else dy).unsqueeze(1)
+    du, ddelta = _like(u), _like(delta)
+    dz = _like(z) if z is not None else None
+    Kb = call.B.shape[1]
+    dB = torch.zeros((batch, Kb, call.G, N, L), dtype=torch.float32, device=device)
+    dC = torch.zeros((batch, Kb, call.G, N, L), dtype=torch.float32, device=device)
+    dA = torch.zeros((A.shape[0], Dm, N), dtype=torch.float32, device=device)
+    Kx = K if call.flags["X_ROUTES"] else 1
+    dD = torch.zeros((Kx, Dm), dtype=torch.float32, device=device) if D is not None else None
+    dbias = torch.zeros((Kx, Dm), dtype=torch.float32, device=device) if delta_bias is not None else None
+    shared = K > 1
+    wsu = _workspace(call, device, channels_last)[1] if shared and u.shape[1] == 1 else None
+    wsdl = _workspace(call, device, channels_last)[1] if shared and delta.shape[1] == 1 else None
+    wsz = _workspace(call, device, channels_last)[1] if shared and z is not None else None
+    ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0))
+    strides, order_strides = call.input_strides(u, delta, A, z)
+    dz_strides = dz.stride() if dz is not None else (0, 0, 0)
+    dummy = u
+    _bwd_kernel[call.grid](
+        u, delta, A, call.B, call.C, call.D if call.D is not None else dummy, z if z is not None else dummy,
+        call.bias if call.bias is not None else dummy, order, dy_view, chunk if chunk is not None else dummy, gc,
+        dstates if dstates is not None else dummy,
+        du, ddelta, dB, dC, dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy,
+        dz if dz is not None else dummy, wsu if wsu is not None else dummy, wsdl if wsdl is not None else dummy,
+        wsz if wsz is not None else dummy,
+        *strides, *dy_view.stride(), *order_strides, *du.stride(), *ddelta.stride(), *dz_strides, *ws_strides,
+        *dB.stride()[:4], *call.sizes(),
+        CARRY=carry, HAS_DSTATES=dstates is not None, **call.flags, num_warps=call.cfg.num_warps,
+    )
+    dB = _fold_routes(dB, B.shape[1]).to(B.dtype)
+    dC = _fold_routes(dC, C.shape[1]).to(C.dtype)
+    dD = None if dD is None else _fold_routes(dD, D.shape[0], dim=0).to(D.dtype)
+    dbias = None if dbias is None else _fold_routes(dbias, delta_bias.shape[0], dim=0).to(delta_bias.dtype)
+    dinit = gc[:, :, 1].contiguous() if initial_state is not None else None
+    return [du, ddelta, dA.to(A.dtype), dB, dC, dD, dz, dbias, dinit]
+
+
+def _fold_routes(g: Tensor, k_input: int, dim: int = 1) -> Tensor:
+    """A gradient accumulated per route for an input shared by the routes (size 1 along ``dim``): sum the routes."""
+    return g.sum(dim, keepdim=True) if g.shape[dim] != k_input else g
