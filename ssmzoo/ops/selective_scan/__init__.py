@@ -20,6 +20,7 @@ from torch import Tensor
 from ssmzoo.ops.directions import Routes
 from ssmzoo.ops.selective_scan import reference
 from ssmzoo.ops.selective_scan.checks import MERGES, Canonical, canonicalize
+from ssmzoo.ops.selective_scan.common import compute_dtype
 
 __all__ = ["selective_scan", "backend_name"]
 
@@ -60,11 +61,91 @@ def _backend(device: torch.device) -> ModuleType:
     return reference if name == "reference" else _load(name)
 
 
-def _run(c: Canonical, delta_softplus, merge, return_last_state, return_states, out_dtype, module=None):
-    module = module or _backend(c.u.device)
-    return module.selective_scan(c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, c.order,
-                                 c.inverse, delta_softplus, merge or "none", c.channels_last, return_last_state,
-                                 return_states, out_dtype)
+def _empty(x: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """Op outputs must be tensors: an unrequested output is a 0-element tensor."""
+    return like.new_empty(0, dtype=dtype) if x is None else x
+
+
+@torch.library.custom_op("ssmzoo::selective_scan", mutates_args=())
+def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+             delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
+             delta_softplus: bool, merge: str, channels_last: bool, return_last_state: bool, return_states: bool,
+             out_dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
+    y, last, states = _backend(u.device).selective_scan(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge, channels_last,
+        return_last_state, return_states, out_dtype)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return y.contiguous(), _empty(last, u, dtype), _empty(states, u, dtype)
+
+
+@_scan_op.register_fake
+def _scan_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge,
+               channels_last, return_last_state, return_states, out_dtype):
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    batch, _, Dm, L = u.shape
+    K, N = order.shape[-2], A.shape[-1]
+    if merge == "none":
+        shape = (batch, L, K, Dm) if channels_last else (batch, K, Dm, L)
+    else:
+        shape = (batch, L, Dm) if channels_last else (batch, Dm, L)
+    last = u.new_empty((batch, K, Dm, N) if return_last_state else (0,), dtype=dtype)
+    states = u.new_empty((batch, K, Dm, L, N) if return_states else (0,), dtype=dtype)
+    return u.new_empty(shape, dtype=out_dtype or dtype), last, states
+
+
+@torch.library.custom_op("ssmzoo::selective_scan_backward", mutates_args=())
+def _scan_backward_op(dy: Tensor, dlast: Tensor | None, dstates: Tensor | None, u: Tensor, delta: Tensor,
+                      A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                      delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
+                      delta_softplus: bool, merge: str, channels_last: bool, out_dtype: torch.dtype | None
+                      ) -> list[Tensor]:
+    """Gradients of the 9 tensor inputs, laid out like the inputs (0-element tensors for absent inputs)."""
+    grads = _backend(u.device).selective_scan_backward(
+        dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus,
+        merge, channels_last, out_dtype)
+    result = []
+    for x, g in zip((u, delta, A, B, C, D, z, delta_bias, initial_state), grads, strict=True):
+        if x is None:
+            result.append(u.new_empty(0))
+            continue
+        out = torch.empty_like(x)  # the layout the fake promises
+        result.append(g if g.stride() == out.stride() else out.copy_(g))
+    return result
+
+
+@_scan_backward_op.register_fake
+def _scan_backward_fake(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse,
+                        delta_softplus, merge, channels_last, out_dtype):
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return [u.new_empty(0) if x is None else torch.empty_like(x) for x in inputs]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:11])
+    ctx.flags = inputs[11:]
+
+
+def _backward(ctx, dy, dlast, dstates):
+    delta_softplus, merge, channels_last, return_last_state, return_states, out_dtype = ctx.flags
+    grads = torch.ops.ssmzoo.selective_scan_backward(
+        dy, dlast if return_last_state else None, dstates if return_states else None, *ctx.saved_tensors,
+        delta_softplus, merge, channels_last, out_dtype)
+    return (*[g if need else None for g, need in zip(grads, ctx.needs_input_grad[:9], strict=True)], *([None] * 8))
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _run(c: Canonical, delta_softplus: bool, merge: str | None, return_last_state: bool, return_states: bool,
+         out_dtype: torch.dtype | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, c.order, c.inverse,
+            delta_softplus, merge or "none", c.channels_last, return_last_state, return_states, out_dtype)
+    if torch.onnx.is_in_onnx_export():  # trace the standard ops of the exportable path into the ONNX graph
+        return _load("chunked").selective_scan(*args)
+    if backend_name(c.u.device) == "reference":  # the definition, differentiated by autograd (debugging)
+        return reference.selective_scan(*args)
+    y, last, states = torch.ops.ssmzoo.selective_scan(*args)
+    return y, last if return_last_state else None, states if return_states else None
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
