@@ -9,6 +9,7 @@ from ._builder import build_model, pretrained_tags
 from ._registry import ZooPretrainedCfg, generate_default_cfgs, list_models, register_model, suggest_models
 
 # Family modules, one import each (keep sorted).
+from . import vim  # noqa: F401
 
 # Official repository -> family module, for the parity fixtures in ../shared/fixtures/parity/ (their
 # ``official_repo`` field). A fixture whose family module exists must be reproduced by it.
