@@ -407,11 +407,13 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionMamba
 
 def _adapt_pos_embed(pos_embed: torch.Tensor, model: VisionMamba, had_cls: bool) -> torch.Tensor:
     M = pos_embed.shape[1] - int(had_cls)
-    side = math.isqrt(M)
-    if side * side != M:
-        raise ValueError(f"checkpoint pos_embed {tuple(pos_embed.shape)} does not hold a square patch grid")
-    pos_embed = resample_pos_embed(pos_embed, model.patch_embed.grid_size, (side, side), cls_token=had_cls,
-                                   cls_position=model.cls_position)
+    if M != model.patch_embed.num_patches:
+        side = math.isqrt(M)
+        if side * side != M:
+            raise ValueError(f"checkpoint pos_embed {tuple(pos_embed.shape)} is not for the model's "
+                             f"{model.patch_embed.grid_size} grid and not for a square grid either")
+        pos_embed = resample_pos_embed(pos_embed, model.patch_embed.grid_size, (side, side), cls_token=had_cls,
+                                       cls_position=model.cls_position)
     if had_cls and model.cls_token is None:
         i = _cls_index(pos_embed.shape[1] - 1, model.cls_position)
         pos_embed = torch.cat([pos_embed[:, :i], pos_embed[:, i + 1:]], dim=1)

@@ -101,6 +101,8 @@ def test_checkpoint_filter_resamples_for_another_grid():
     dst = _small(img_size=48, patch_size=16, stride=8)  # 5 x 5 grid
     dst.load_state_dict(vim.checkpoint_filter_fn(state, dst))
     torch.testing.assert_close(dst.pos_embed, vim.resample_pos_embed(src.pos_embed, (5, 5), (4, 4)))
+    wide = _small(img_size=(48, 40))  # a non-square grid of the model's own size passes unchanged
+    torch.testing.assert_close(vim.checkpoint_filter_fn(wide.state_dict(), wide)["pos_embed"], wide.pos_embed)
     no_cls = _small(class_token=False, global_pool="avg")
     filtered = vim.checkpoint_filter_fn(src.state_dict(), no_cls)
     assert "cls_token" not in filtered
