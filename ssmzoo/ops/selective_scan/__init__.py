@@ -9,6 +9,7 @@ standard ops only; torch.compile and torch.export see the single op ``torch.ops.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -28,7 +29,9 @@ BACKENDS = ("reference", "chunked", "triton")
 _warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
 def _load(name: str) -> ModuleType | None:
+    """A backend module, or None when it cannot be imported here (no Triton)."""
     try:
         return importlib.import_module(f"ssmzoo.ops.selective_scan.{name}")
     except ImportError:
@@ -47,18 +50,20 @@ def backend_name(device: torch.device) -> str:
     if forced and forced not in BACKENDS:
         raise ValueError(f"SSMZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
     wanted = forced or ("triton" if device.type == "cuda" else "chunked")
-    if wanted == "triton" and (device.type != "cuda" or _load("triton") is None):
+    # Triton kernels run on CUDA tensors, or on CPU tensors under its interpreter (TRITON_INTERPRET=1, CI).
+    runnable = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if wanted == "triton" and (not runnable or _load("triton") is None):
         _warn_once(f"triton-{device.type}", f"selective_scan: no Triton kernel for {device.type} tensors here; "
                                             "using the chunked PyTorch path (slower)")
         wanted = "chunked"
-    if wanted == "chunked" and _load("chunked") is None:
-        wanted = "reference"
     return wanted
 
 
-def _backend(device: torch.device) -> ModuleType:
+def _op_backend(device: torch.device) -> ModuleType:
+    """The module behind the op. The reference has no analytic backward: forced, it runs outside the op under
+    autograd (``_run``), and a direct call of the op falls back to chunked."""
     name = backend_name(device)
-    return reference if name == "reference" else _load(name)
+    return _load("chunked" if name == "reference" else name)
 
 
 def _empty(x: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
@@ -71,7 +76,7 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
              delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
              delta_softplus: bool, merge: str, channels_last: bool, return_last_state: bool, return_states: bool,
              out_dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor]:
-    y, last, states = _backend(u.device).selective_scan(
+    y, last, states = _op_backend(u.device).selective_scan(
         u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge, channels_last,
         return_last_state, return_states, out_dtype)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
@@ -100,7 +105,7 @@ def _scan_backward_op(dy: Tensor, dlast: Tensor | None, dstates: Tensor | None, 
                       delta_softplus: bool, merge: str, channels_last: bool, out_dtype: torch.dtype | None
                       ) -> list[Tensor]:
     """Gradients of the 9 tensor inputs, laid out like the inputs (0-element tensors for absent inputs)."""
-    grads = _backend(u.device).selective_scan_backward(
+    grads = _op_backend(u.device).selective_scan_backward(
         dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus,
         merge, channels_last, out_dtype)
     result = []
@@ -142,7 +147,7 @@ def _run(c: Canonical, delta_softplus: bool, merge: str | None, return_last_stat
             delta_softplus, merge or "none", c.channels_last, return_last_state, return_states, out_dtype)
     if torch.onnx.is_in_onnx_export():  # trace the standard ops of the exportable path into the ONNX graph
         return _load("chunked").selective_scan(*args)
-    if backend_name(c.u.device) == "reference":  # the definition, differentiated by autograd (debugging)
+    if os.environ.get("SSMZOO_BACKEND") == "reference":  # the definition, differentiated by autograd (debugging)
         return reference.selective_scan(*args)
     y, last, states = torch.ops.ssmzoo.selective_scan(*args)
     return y, last if return_last_state else None, states if return_states else None

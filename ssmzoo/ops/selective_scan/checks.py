@@ -158,8 +158,9 @@ def canonicalize(u, delta, A, B, C, D, z, delta_bias, routes, layout, initial_st
         routes = named[routes](*spatial)
     K = routes.K
     if routes.L != L or (S == 2 and routes.grid != spatial):
-        raise ValueError(f"selective_scan: routes {routes} do not fit the spatial shape {spatial} of `u` "
-                         f"{_shape(u)} (layout={layout!r})")
+        wanted = f"{routes.grid} or a flat L={routes.L}" if routes.grid else f"L={routes.L}"
+        raise ValueError(f"selective_scan: routes {routes} do not fit `u` {_shape(u)} (layout={layout!r}): its "
+                         f"spatial dims must be {wanted}")
     if routes.per_batch and routes.order.shape[0] != batch:
         raise ValueError(f"selective_scan: per-sample routes have batch {routes.order.shape[0]}, `u` has "
                          f"{batch} (u {_shape(u)})")

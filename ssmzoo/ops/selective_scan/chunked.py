@@ -35,9 +35,13 @@ def chunk_length(L: int) -> int:
 
 
 def _routed(x: Tensor, order: Tensor) -> Tensor:
-    """x (B, Kx, *f, L) in natural order -> (B, K, *f, L) in route order (Kx = 1 broadcasts to K)."""
-    index = order.reshape(*order.shape[:2], *([1] * (x.dim() - 3)), order.shape[-1])
-    return torch.take_along_dim(x, index, dim=-1)
+    """x (B, Kx, *f, L) in natural order -> (B, K, *f, L) in route order (Kx = 1 broadcasts to K).
+
+    An explicit expand + gather rather than take_along_dim: its implicit broadcast would pin a symbolic batch
+    size during export, and it wraps negative indices we never have."""
+    shape = (x.shape[0], order.shape[1], *x.shape[2:-1], order.shape[-1])
+    index = order.reshape(*order.shape[:2], *([1] * (x.dim() - 3)), order.shape[-1]).expand(shape)
+    return torch.gather(x.expand(shape), -1, index)
 
 
 def _natural(x: Tensor, inverse: Tensor, shared: bool) -> Tensor:

@@ -48,7 +48,10 @@ _POISON_ENV = "SSMZOO_POISON"
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Kernel helpers
+# Kernel helpers. A tile is a [P, BLOCK_D, M] tensor: step p * M + m of the tile, channel d. Triton gives each
+# thread the M consecutive steps of one chunk p (one 16-byte vector when the time axis is contiguous and aligned),
+# puts the P chunks on the lanes of a warp and the channels on the warps, so a scan runs sequentially inside a
+# thread along M and only the P chunk totals cross lanes.
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -65,8 +68,14 @@ def _sigmoid(x):
 
 @triton.jit
 def _state_combine(a1, b1, a2, b2):
-    """Compose h -> a1 h + b1 (earlier step) with h -> a2 h + b2 (later step)."""
+    """Compose h -> a1 h + b1 (applied first) with h -> a2 h + b2."""
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _exclusive_combine(ia1, ib1, xa1, xb1, ia2, ib2, xa2, xb2):
+    """Affine maps scanned with their exclusive prefix: (inclusive map, map of all elements but the last)."""
+    return ia1 * ia2, ia2 * ib1 + ib2, ia1 * xa2, xa2 * ib1 + xb2
 
 
 @triton.jit
@@ -74,10 +83,74 @@ def _adjoint_combine(f1, p1, g1, f2, p2, g2):
     """Compose adjoint segments for g_t = c_t + a_{t+1} g_{t+1}; segment 1 is later in route order (scanned first).
 
     A segment [i..j] is (f, p, g): f = a_i, p = a_{i+1} ... a_j, g = g_i given a zero adjoint after step j, so
-    that with an incoming adjoint kappa = a_{j+1} g_{j+1}, g_i = g + p * kappa.
+    that with an incoming adjoint kappa = a_{j+1} g_{j+1}: g_i = g + p * kappa.
     """
     t = p2 * f1
     return f2, t * p1, g2 + t * g1
+
+
+@triton.jit
+def _take_second(x, y):
+    return y
+
+
+@triton.jit
+def _take_first(x, y):
+    return x
+
+
+@triton.jit
+def _edge(x, HIGH: tl.constexpr):
+    """x[:, :, M - 1] (HIGH) or x[:, :, 0] of a [P, BD, M] tile. M is held by one thread, so this reduction is a
+    register pick (the in-thread reduction runs in index order)."""
+    return tl.reduce(x, 2, _take_second if HIGH else _take_first)
+
+
+@triton.jit
+def _chunk(x, which):
+    """Row ``which`` of a [P, BD] tensor of chunk values, as (BD,)."""
+    rows = tl.arange(0, x.shape[0])
+    return tl.sum(tl.where(rows[:, None] == which, x, 0.0), 0)
+
+
+@triton.jit
+def _scan_states(a, b, h0, REV: tl.constexpr):
+    """h_t = a_t h_{t-1} + b_t over a [P, BD, M] tile in time order (descending when REV), from h0 (BD,).
+
+    Returns the states (P, BD, M) and the state after the tile's last step in route order (BD,).
+    """
+    Am, Hm = tl.associative_scan((a, b), 2, _state_combine, reverse=REV)
+    if REV:
+        At, Ht = _edge(Am, False), _edge(Hm, False)
+    else:
+        At, Ht = _edge(Am, True), _edge(Hm, True)
+    zero = At * 0.0  # (built from At so it shares At's layout)
+    ia, ib, xa, xb = tl.associative_scan((At, Ht, zero + 1.0, zero), 0, _exclusive_combine, reverse=REV)
+    h_in = xa * h0[None, :] + xb  # state entering each chunk
+    h = Hm + Am * h_in[:, :, None]
+    h_end = _chunk(ia * h0[None, :] + ib, 0 if REV else At.shape[0] - 1)
+    return h, h_end
+
+
+@triton.jit
+def _scan_adjoint(a, c, kappa, REV: tl.constexpr):
+    """Adjoint g_t = c_t + a_{t+1} g_{t+1} over a tile of a route walked in time order (descending when REV),
+    given kappa (BD,) = a g at the first step after the tile in route order.
+
+    Returns g (P, BD, M) and a_first * g_first (BD,): the adjoint flowing into the state before the tile.
+    """
+    F, Pm, G = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), c), 2, _adjoint_combine, reverse=not REV)
+    if REV:
+        f, p, g = _edge(F, True), _edge(Pm, True), _edge(G, True)
+    else:
+        f, p, g = _edge(F, False), _edge(Pm, False), _edge(G, False)
+    # a chunk maps the adjoint entering it (from later steps) to the one leaving it: kappa -> f p kappa + f g
+    zero = f * 0.0
+    ia, ib, xa, xb = tl.associative_scan((f * p, f * g, zero + 1.0, zero), 0, _exclusive_combine, reverse=not REV)
+    k_in = xa * kappa[None, :] + xb
+    g_all = G + Pm * k_in[:, :, None]
+    k_out = _chunk(ia * kappa[None, :] + ib, f.shape[0] - 1 if REV else 0)
+    return g_all, k_out
 
 
 @triton.jit
@@ -89,12 +162,6 @@ def _positions(s, L, H, W, order_row, KIND: tl.constexpr):
         return tl.load(order_row + s, mask=s < L, other=0).to(tl.int32)
     else:
         return s
-
-
-@triton.jit
-def _pick(x, cols, which):
-    """Column ``which`` of a (BLOCK_D, T) tile, as a (BLOCK_D,) vector."""
-    return tl.sum(tl.where(cols[None, :] == which, x, 0.0), 1)
 
 
 @triton.jit
@@ -110,113 +177,113 @@ def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K
         tl.store(out_ptr + out_offs, val.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _tile_index(i, n_tiles, L, H, W, order_row, P: tl.constexpr, M: tl.constexpr, KIND: tl.constexpr,
+                REV: tl.constexpr):
+    """Positions (P, 1, M) and step mask of the tile visited i-th by a route (tiles in descending order when REV)."""
+    j = n_tiles - 1 - i if REV else i
+    s = j * (P * M) + tl.arange(0, P)[:, None, None] * M + tl.arange(0, M)[None, None, :]
+    return _positions(s, L, H, W, order_row, KIND), s < L
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["su_l", "sdl_l", "sB_l", "sC_l", "sz_l", "so_l", "sws_l", "zero"])
 def _fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr,
     out_ptr, ws_ptr, chunk_ptr, states_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
     sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l, sD_k, sbias_k,
     sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_d, sws_l, sord_b, sord_k,
-    L, H, W, Dm, N, n_tiles, d_per_group,
+    L, H, W, Dm, N, n_tiles, d_per_group, zero,
     K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, SAVE_CHUNKS: tl.constexpr, RET_STATES: tl.constexpr,
-    MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr,
+    MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr, TIME_UNIT: tl.constexpr,
+    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
 ):
     """Forward scan of one (batch, channel tile) over the K routes.
 
     Writes out (merged, MERGE 1 = sum, 2 = mean; or per route, MERGE 0) when OUTPUT; the state entering every tile
     into chunk (B, K, n_tiles + 1, D, N) fp32 when SAVE_CHUNKS (slot n_tiles is the last state; slot 0 holds the
-    initial state, read when CARRY); every state into states (B, K, D, L, N) fp32 when RET_STATES.
+    initial state, read when CARRY); every state into states (B, K, D, L, N) fp32 when RET_STATES. TIME_UNIT: the
+    time stride of every activation is 1 and rows are 16-byte aligned (vector loads); otherwise the strides are
+    runtime values Triton does not specialise, which keeps the per-thread layout along M.
     """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
-    cols = tl.arange(0, T)
+    dd = d[None, :, None]
+    d_zero = dd * zero  # a zero the compiler cannot fold: B, C rows are loaded at the tile's shape and layout
     if SAME_GROUP:
         grp = (pid_d * BLOCK_D) // d_per_group
     else:
-        grp = d // d_per_group
+        grp = dd // d_per_group
     for k in tl.static_range(K):
-        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + d[:, None] * su_d
-        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + d[:, None] * sdl_d
+        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + dd * su_d
+        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + dd * sdl_d
         a_row = A_ptr + (k if A_ROUTES else 0) * sA_k + d * sA_d
-        if SAME_GROUP:
-            b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp * sB_g
-            c_row = C_ptr + b * sC_b + (k if BC_ROUTES else 0) * sC_k + grp * sC_g
-        else:
-            b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp[:, None] * sB_g
-            c_row = C_ptr + b * sC_b + (k if BC_ROUTES else 0) * sC_k + grp[:, None] * sC_g
+        b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp * sB_g
+        c_row = C_ptr + b * sC_b + (k if BC_ROUTES else 0) * sC_k + grp * sC_g
         chunk_row = chunk_ptr + ((b * K + k) * (n_tiles + 1)) * Dm * N + d * N
         if HAS_BIAS:
             bias = tl.load(bias_ptr + (k if X_ROUTES else 0) * sbias_k + d, mask=dmask, other=0.0)
+        if HAS_D:
+            Dk = tl.load(D_ptr + (k if X_ROUTES else 0) * sD_k + d, mask=dmask, other=0.0)
         for i in range(n_tiles):
-            j = n_tiles - 1 - i if REVS[k] else i
-            s = j * T + cols
-            tmask = s < L
-            pos = _positions(s, L, H, W, order_ptr + b * sord_b + k * sord_k, KINDS[k])
-            m2 = dmask[:, None] & tmask[None, :]
-            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            pos, tmask = _tile_index(i, n_tiles, L, H, W, order_ptr + b * sord_b + k * sord_k, P, M, KINDS[k],
+                                     REVS[k])
+            m3 = dmask[None, :, None] & tmask
+            u = tl.load(u_row + (pos if TIME_UNIT else pos * su_l), mask=m3, other=0.0).to(tl.float32)
+            dt = tl.load(dl_row + (pos if TIME_UNIT else pos * sdl_l), mask=m3, other=0.0).to(tl.float32)
             if HAS_BIAS:
-                dt += bias[:, None]
+                dt += bias[None, :, None]
             if SOFTPLUS:
                 dt = _softplus(dt)
-            dt = tl.where(m2, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
+            dt = tl.where(m3, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
             dtu = dt * u
-            y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+            y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             for n in range(N):
                 A2 = tl.load(a_row + n * sA_n, mask=dmask, other=0.0) * 1.4426950408889634
-                if SAME_GROUP:
-                    Bn = tl.load(b_row + n * sB_n + pos * sB_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
-                else:
-                    Bn = tl.load(b_row + n * sB_n + pos[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
-                a = tl.exp2(dt * A2[:, None])
-                acum, h = tl.associative_scan((a, dtu * Bn), 1, _state_combine, reverse=REVS[k])
+                Bn = tl.load(b_row + n * sB_n + (pos if TIME_UNIT else pos * sB_l) + d_zero,
+                             mask=tmask & (d_zero == 0) if SAME_GROUP else m3, other=0.0).to(tl.float32)
+                h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
                 if CARRY:
                     h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
-                    h += acum * h0[:, None]
+                h, h_end = _scan_states(tl.exp2(dt * A2[None, :, None]), dtu * Bn, h0, REVS[k])
                 if SAVE_CHUNKS:
-                    h_end = _pick(h, cols, 0 if REVS[k] else T - 1)
                     tl.store(chunk_row + (i + 1) * Dm * N + n, h_end, mask=dmask)
                 if RET_STATES:
-                    st = states_ptr + (((b * K + k) * Dm + d[:, None]) * L + pos[None, :]) * N + n
-                    tl.store(st, h, mask=m2)
+                    tl.store(states_ptr + (((b * K + k) * Dm + dd) * L + pos) * N + n, h, mask=m3)
                 if OUTPUT:
-                    if SAME_GROUP:
-                        Cn = tl.load(c_row + n * sC_n + pos * sC_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
-                    else:
-                        Cn = tl.load(c_row + n * sC_n + pos[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
+                    Cn = tl.load(c_row + n * sC_n + (pos if TIME_UNIT else pos * sC_l) + d_zero,
+                                 mask=tmask & (d_zero == 0) if SAME_GROUP else m3, other=0.0).to(tl.float32)
                     y += Cn * h
             if OUTPUT:
                 if HAS_D:
-                    Dk = tl.load(D_ptr + (k if X_ROUTES else 0) * sD_k + d, mask=dmask, other=0.0)
-                    y += Dk[:, None] * u
+                    y += Dk[None, :, None] * u
+                ws = ws_ptr + b * sws_b + dd * sws_d + (pos if TIME_UNIT else pos * sws_l)
                 if MERGE == 0 or k == K - 1:
                     if MERGE != 0 and K > 1:
-                        y += tl.load(ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l,
-                                     mask=m2, other=0.0)
+                        y += tl.load(ws, mask=m3, other=0.0)
                     if MERGE == 2:
                         y = y / K
                     if HAS_Z:
-                        zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l,
-                                     mask=m2, other=0.0).to(tl.float32)
+                        zt = tl.load(z_ptr + b * sz_b + dd * sz_d + (pos if TIME_UNIT else pos * sz_l),
+                                     mask=m3, other=0.0).to(tl.float32)
                         y = y * zt * _sigmoid(zt)
-                    o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + d[:, None] * so_d + pos[None, :] * so_l
-                    tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m2)
+                    o = (out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + dd * so_d
+                         + (pos if TIME_UNIT else pos * so_l))
+                    tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m3)
                 else:
-                    ws = ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
                     if k > 0:
-                        y += tl.load(ws, mask=m2, other=0.0)
-                    tl.store(ws, y, mask=m2)
+                        y += tl.load(ws, mask=m3, other=0.0)
+                    tl.store(ws, y, mask=m3)
             # the next tile reads the carry other threads just stored; the next route rereads the workspace
             tl.debug_barrier()
 
@@ -226,7 +293,8 @@ def _fwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["su_l", "sdl_l", "sB_l", "sC_l", "sz_l", "sdo_l", "sdu_l", "sddl_l", "sdz_l",
+                               "sws_l", "zero"])
 def _bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, dout_ptr, chunk_ptr, gc_ptr, dst_ptr,
     du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
@@ -235,48 +303,44 @@ def _bwd_kernel(
     sz_b, sz_d, sz_l, sdo_b, sdo_k, sdo_d, sdo_l, sord_b, sord_k,
     sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_d, sws_l,
     sdB_b, sdB_k, sdB_g, sdB_n,
-    L, H, W, Dm, N, n_tiles, d_per_group,
+    L, H, W, Dm, N, n_tiles, d_per_group, zero,
     K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, HAS_DSTATES: tl.constexpr, MERGE: tl.constexpr,
-    SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    SAME_GROUP: tl.constexpr, TIME_UNIT: tl.constexpr,
+    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
 ):
     """Backward of one (batch, channel tile) over the K routes, tiles in reverse route order.
 
     Reads the tile-entry states from chunk (when CARRY) and the adjoint carry from gc (B, K, 2, D, N) fp32, whose
     slot (n_tiles - 1) % 2 holds d last_state on entry; slot 1 holds d initial_state on exit. dB, dC (fp32
-    (B, Kb, G, N, L)), dA, dD, ddelta_bias are accumulated with atomic adds; du, ddelta, dz are written (summed
-    over routes through the fp32 workspaces when the input is shared by the routes).
+    (B, Kb, G, N, L)), dA, dD, ddelta_bias are accumulated with atomic adds (dB and dC summed over the channel
+    tile first); du, ddelta, dz are written, summed over routes through fp32 workspaces when routes share them.
     """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
-    cols = tl.arange(0, T)
+    dd = d[None, :, None]
+    d_zero = dd * zero  # a zero the compiler cannot fold: B, C rows are loaded at the tile's shape and layout
     if SAME_GROUP:
         grp = (pid_d * BLOCK_D) // d_per_group
     else:
-        grp = d // d_per_group
+        grp = dd // d_per_group
     for k in tl.static_range(K):
         kb = k if BC_ROUTES else 0
-        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + d[:, None] * su_d
-        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + d[:, None] * sdl_d
+        kx = k if X_ROUTES else 0
+        u_row = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + dd * su_d
+        dl_row = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + dd * sdl_d
         a_row = A_ptr + (k if A_ROUTES else 0) * sA_k + d * sA_d
         dA_row = dA_ptr + ((k if A_ROUTES else 0) * Dm + d) * N
-        if SAME_GROUP:
-            b_row = B_ptr + b * sB_b + kb * sB_k + grp * sB_g
-            c_row = C_ptr + b * sC_b + kb * sC_k + grp * sC_g
-            dB_row = dB_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
-            dC_row = dC_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
-        else:
-            b_row = B_ptr + b * sB_b + kb * sB_k + grp[:, None] * sB_g
-            c_row = C_ptr + b * sC_b + kb * sC_k + grp[:, None] * sC_g
-            dB_row = dB_ptr + b * sdB_b + kb * sdB_k + grp[:, None] * sdB_g
-            dC_row = dC_ptr + b * sdB_b + kb * sdB_k + grp[:, None] * sdB_g
+        b_row = B_ptr + b * sB_b + kb * sB_k + grp * sB_g
+        c_row = C_ptr + b * sC_b + kb * sC_k + grp * sC_g
+        dB_row = dB_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
+        dC_row = dC_ptr + b * sdB_b + kb * sdB_k + grp * sdB_g
         chunk_row = chunk_ptr + ((b * K + k) * (n_tiles + 1)) * Dm * N + d * N
         gc_row = gc_ptr + ((b * K + k) * 2) * Dm * N + d * N
-        kx = k if X_ROUTES else 0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
         if HAS_D:
@@ -284,97 +348,90 @@ def _bwd_kernel(
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for r in range(n_tiles):
-            i = n_tiles - 1 - r  # traversal index of this tile
-            j = n_tiles - 1 - i if REVS[k] else i
-            s = j * T + cols
-            tmask = s < L
-            pos = _positions(s, L, H, W, order_ptr + b * sord_b + k * sord_k, KINDS[k])
-            m2 = dmask[:, None] & tmask[None, :]
-            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-            x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            i = n_tiles - 1 - r  # the route visits this tile i-th
+            pos, tmask = _tile_index(i, n_tiles, L, H, W, order_ptr + b * sord_b + k * sord_k, P, M, KINDS[k],
+                                     REVS[k])
+            m3 = dmask[None, :, None] & tmask
+            u = tl.load(u_row + (pos if TIME_UNIT else pos * su_l), mask=m3, other=0.0).to(tl.float32)
+            x = tl.load(dl_row + (pos if TIME_UNIT else pos * sdl_l), mask=m3, other=0.0).to(tl.float32)
             if HAS_BIAS:
-                x += bias[:, None]
+                x += bias[None, :, None]
             dt = _softplus(x) if SOFTPLUS else x
-            dt = tl.where(m2, dt, 0.0)
+            dt = tl.where(m3, dt, 0.0)
             dtu = dt * u
-            do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d[:, None] * sdo_d
-                         + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+            do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + dd * sdo_d
+                         + (pos if TIME_UNIT else pos * sdo_l), mask=m3, other=0.0).to(tl.float32)
             if MERGE == 2:
                 do = do / K
             if HAS_Z:
-                zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l,
-                             mask=m2, other=0.0).to(tl.float32)
+                zt = tl.load(z_ptr + b * sz_b + dd * sz_d + (pos if TIME_UNIT else pos * sz_l),
+                             mask=m3, other=0.0).to(tl.float32)
                 zsig = _sigmoid(zt)
                 dy = do * zt * zsig
             else:
                 dy = do
-            ddt = tl.zeros([BLOCK_D, T], dtype=tl.float32)
-            sdtu = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # sum_n g * B: gradient of dt * u
-            y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+            ddt = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
+            sdtu = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)  # sum_n g * B: gradient of dt * u
+            y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             for n in range(N):
                 An = tl.load(a_row + n * sA_n, mask=dmask, other=0.0)
-                if SAME_GROUP:
-                    Bn = tl.load(b_row + n * sB_n + pos * sB_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
-                    Cn = tl.load(c_row + n * sC_n + pos * sC_l, mask=tmask, other=0.0).to(tl.float32)[None, :]
-                else:
-                    Bn = tl.load(b_row + n * sB_n + pos[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
-                    Cn = tl.load(c_row + n * sC_n + pos[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
-                a = tl.exp2(dt * (An * 1.4426950408889634)[:, None])
+                bc_mask = tmask & (d_zero == 0) if SAME_GROUP else m3
+                Bn = tl.load(b_row + n * sB_n + (pos if TIME_UNIT else pos * sB_l) + d_zero, mask=bc_mask,
+                             other=0.0).to(tl.float32)
+                Cn = tl.load(c_row + n * sC_n + (pos if TIME_UNIT else pos * sC_l) + d_zero, mask=bc_mask,
+                             other=0.0).to(tl.float32)
+                a = tl.exp2(dt * (An * 1.4426950408889634)[None, :, None])
                 bn = dtu * Bn
-                acum, h = tl.associative_scan((a, bn), 1, _state_combine, reverse=REVS[k])
+                h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
                 if CARRY:
                     h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
-                    h += acum * h0[:, None]
+                h, _ = _scan_states(a, bn, h0, REVS[k])
                 if HAS_Z:
                     y += Cn * h
                 c = Cn * dy
                 if HAS_DSTATES:
-                    st = dst_ptr + (((b * K + k) * Dm + d[:, None]) * L + pos[None, :]) * N + n
-                    c += tl.load(st, mask=m2, other=0.0)
-                _, p, g = tl.associative_scan((a, tl.full([BLOCK_D, T], 1.0, tl.float32), c), 1, _adjoint_combine,
-                                              reverse=not REVS[k])
+                    c += tl.load(dst_ptr + (((b * K + k) * Dm + dd) * L + pos) * N + n, mask=m3, other=0.0)
                 kappa = tl.load(gc_row + (i % 2) * Dm * N + n, mask=dmask, other=0.0)
-                g += p * kappa[:, None]
-                # adjoint flowing into the state before this tile: a_first * g_first (padding steps are identity)
-                tl.store(gc_row + ((i + 1) % 2) * Dm * N + n, _pick(a * g, cols, T - 1 if REVS[k] else 0),
-                         mask=dmask)
+                g, k_out = _scan_adjoint(a, c, kappa, REVS[k])
+                tl.store(gc_row + ((i + 1) % 2) * Dm * N + n, k_out, mask=dmask)
                 w = g * (h - bn)  # g_t * a_t * h_{t-1}
-                ddt += w * An[:, None]
+                ddt += w * An[None, :, None]
                 sdtu += g * Bn
-                tl.atomic_add(dA_row + n, tl.sum(dt * w, 1), mask=dmask, sem="relaxed")
+                tl.atomic_add(dA_row + n, tl.sum(tl.sum(dt * w, 2), 0), mask=dmask, sem="relaxed")
                 if SAME_GROUP:
-                    tl.atomic_add(dB_row + n * L + pos, tl.sum(g * dtu, 0), mask=tmask, sem="relaxed")
-                    tl.atomic_add(dC_row + n * L + pos, tl.sum(dy * h, 0), mask=tmask, sem="relaxed")
+                    tl.atomic_add(dB_row + n * L + pos, tl.sum(g * dtu, 1)[:, None, :], mask=tmask, sem="relaxed")
+                    tl.atomic_add(dC_row + n * L + pos, tl.sum(dy * h, 1)[:, None, :], mask=tmask, sem="relaxed")
                 else:
-                    tl.atomic_add(dB_row + n * L + pos[None, :], g * dtu, mask=m2, sem="relaxed")
-                    tl.atomic_add(dC_row + n * L + pos[None, :], dy * h, mask=m2, sem="relaxed")
+                    tl.atomic_add(dB_row + n * L + pos, g * dtu, mask=m3, sem="relaxed")
+                    tl.atomic_add(dC_row + n * L + pos, dy * h, mask=m3, sem="relaxed")
             ddt += sdtu * u
             du = sdtu * dt
             if HAS_D:
-                du += Dk[:, None] * dy
-                dD_acc += tl.sum(dy * u, 1)
+                du += Dk[None, :, None] * dy
+                dD_acc += tl.sum(tl.sum(dy * u, 2), 0)
             if SOFTPLUS:
                 ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x))
-            ddt = tl.where(m2, ddt, 0.0)
+            ddt = tl.where(m3, ddt, 0.0)
             if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, 1)
-            ws_offs = b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
-            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d[:, None] * sdu_d + pos[None, :] * sdu_l
-            ddl_offs = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d[:, None] * sddl_d + pos[None, :] * sddl_l
+                dbias_acc += tl.sum(tl.sum(ddt, 2), 0)
+            ws_offs = b * sws_b + dd * sws_d + (pos if TIME_UNIT else pos * sws_l)
+            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + dd * sdu_d + (pos if TIME_UNIT else pos * sdu_l)
+            ddl_offs = (b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + dd * sddl_d
+                        + (pos if TIME_UNIT else pos * sddl_l))
             if U_ROUTES:
-                tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m3)
             else:
-                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K)
+                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m3, k, K)
             if DL_ROUTES:
-                tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m3)
             else:
-                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K)
+                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m3, k, K)
             if HAS_Z:
                 if HAS_D:
-                    y += Dk[:, None] * u
+                    y += Dk[None, :, None] * u
                 dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
-                dz_offs = b * sdz_b + d[:, None] * sdz_d + pos[None, :] * sdz_l
-                _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, dz_offs, m2, k, K)
+                dz_offs = b * sdz_b + dd * sdz_d + (pos if TIME_UNIT else pos * sdz_l)
+                _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, dz_offs, m3, k, K)
             # the next tile reads the adjoint carry other threads just stored; the next route rereads workspaces
             tl.debug_barrier()
         if HAS_D:
@@ -432,32 +489,50 @@ def _classify(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, in
 
 
 class Config:
-    """Launch parameters of one call: tile length T, channels per program, warps. The same T must be used by the
-    forward pass that saves tile-entry states and the backward that reads them."""
+    """Launch parameters of one call: a tile is P chunks of M steps (T = P * M) by BLOCK_D channels. The forward pass
+    that saves tile-entry states and the backward that reads them must use the same T."""
 
-    def __init__(self, T: int, block_d: int, num_warps: int, same_group: bool):
-        self.T, self.block_d, self.num_warps, self.same_group = T, block_d, num_warps, same_group
+    def __init__(self, P: int, M: int, block_d: int, num_warps: int, same_group: bool):
+        self.P, self.M, self.block_d, self.num_warps, self.same_group = P, M, block_d, num_warps, same_group
+        self.T = P * M
+
+    def constexprs(self) -> dict:
+        return dict(P=self.P, M=self.M, BLOCK_D=self.block_d,
+                    SAME_GROUP=self.same_group)
 
     def __repr__(self) -> str:
-        return f"Config(T={self.T}, block_d={self.block_d}, num_warps={self.num_warps}, same_group={self.same_group})"
+        return (f"Config(P={self.P}, M={self.M}, block_d={self.block_d}, num_warps={self.num_warps}, "
+                f"same_group={self.same_group})")
 
 
-MAX_T = int(os.environ.get("SSMZOO_SCAN_MAX_T", "256"))
-TILE_ELEMS = {"fwd": 4096, "bwd": 2048}
+MAX_T = 256  # longest tile; tests lower it to get several tiles at tiny L
+TILE_ELEMS = {"fwd": 4096, "bwd": 2048}  # elements of a [P, BLOCK_D, M] tile: 32 / 16 registers a thread at 4 warps
 
 
-def config_for(L: int, Dm: int, d_per_group: int, which: str) -> Config:
-    """Tile length T (power of two, at most MAX_T) and BLOCK_D channels per program (a power of two that divides the
-    group size when it can, so the program's channels share one row of B and C)."""
-    T = min(max(16, triton.next_power_of_2(L)), MAX_T)
-    want = max(1, min(64, TILE_ELEMS[which] // T, triton.next_power_of_2(Dm)))
+def config_for(L: int, Dm: int, d_per_group: int, elem_bytes: int, which: str) -> Config:
+    """M = one 16-byte vector of steps per thread, P <= 32 chunks on the lanes (T <= MAX_T), and BLOCK_D channels
+    per program: a power of two that divides the group size when it can, so the channels share one row of B, C."""
+    M = min(16 // elem_bytes, MAX_T)
+    P = max(1, min(32, MAX_T // M, triton.next_power_of_2(triton.cdiv(L, M))))
+    want = max(1, min(64, TILE_ELEMS[which] // (P * M), triton.next_power_of_2(Dm)))
     block_d = want
     while block_d > 1 and d_per_group % block_d:
         block_d //= 2
     same_group = block_d >= min(want, 4)
-    if not same_group:
-        block_d = want
-    return Config(T, block_d, 4, same_group)
+    return Config(P, M, block_d if same_group else want, 4, same_group)
+
+
+def _time_unit(*views: Tensor | None) -> bool:
+    """True when every (..., L) view has unit time stride, 16-aligned other strides and a 16-byte aligned start,
+    so that the kernels may address time as contiguous (vector loads)."""
+    for v in views:
+        if v is None:
+            continue
+        if v.stride(-1) != 1 or v.data_ptr() % 16:
+            return False
+        if any(st % 16 for st, size in zip(v.stride()[:-1], v.shape[:-1], strict=True) if size > 1):
+            return False
+    return True
 
 
 def _poison() -> bool:
@@ -506,7 +581,7 @@ class _Call:
         self.batch, self.Ku, self.Dm, self.L = u.shape
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         self.kinds, self.revs, self.H, self.W = route_kinds(order)
-        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, which)
+        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, u.element_size(), which)
         self.n_tiles = triton.cdiv(self.L, self.cfg.T)
         self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
         self.order = order
@@ -516,7 +591,7 @@ class _Call:
             BC_ROUTES=B.shape[1] > 1 or C.shape[1] > 1,
             X_ROUTES=(D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            MERGE=self.merge, SAME_GROUP=self.cfg.same_group, BLOCK_D=self.cfg.block_d, T=self.cfg.T,
+            MERGE=self.merge, **self.cfg.constexprs(),
         )
         # routes sharing B or C with per-route partners: expand the shared one (a stride-0 view, no copy)
         self.B = B.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and B.shape[1] == 1 else B
@@ -535,7 +610,7 @@ class _Call:
                 self.bias.stride(0) if self.bias is not None else 0, *zs), (order_b, self.order.stride(1))
 
     def sizes(self) -> tuple:
-        return self.L, self.H, self.W, self.Dm, self.N, self.n_tiles, self.Dm // self.G
+        return self.L, self.H, self.W, self.Dm, self.N, self.n_tiles, self.Dm // self.G, 0
 
     def chunk_buffer(self, initial_state: Tensor | None, device) -> Tensor:
         """(B, K, n_tiles + 1, D, N) fp32 tile-entry states; slot 0 = initial state (zeros when None)."""
@@ -561,7 +636,8 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
         states if states is not None else dummy,
         *strides, *out_strides, *ws_strides, *order_strides, *call.sizes(),
         CARRY=chunk is not None and (call.n_tiles > 1 or initial_state is not None), SAVE_CHUNKS=save_chunks,
-        RET_STATES=states is not None, OUTPUT=output, **call.flags, num_warps=call.cfg.num_warps,
+        RET_STATES=states is not None, OUTPUT=output, TIME_UNIT=_time_unit(u, delta, call.B, call.C, z, out_view, ws),
+        **call.flags, num_warps=call.cfg.num_warps,
     )
 
 
@@ -656,7 +732,9 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
         wsz if wsz is not None else dummy,
         *strides, *dy_view.stride(), *order_strides, *du.stride(), *ddelta.stride(), *dz_strides, *ws_strides,
         *dB.stride()[:4], *call.sizes(),
-        CARRY=carry, HAS_DSTATES=dstates is not None, **call.flags, num_warps=call.cfg.num_warps,
+        CARRY=carry, HAS_DSTATES=dstates is not None,
+        TIME_UNIT=_time_unit(u, delta, call.B, call.C, z, dy_view, du, ddelta, dz, wsu, wsdl, wsz),
+        **call.flags, num_warps=call.cfg.num_warps,
     )
     dB = _fold_routes(dB, B.shape[1]).to(B.dtype)
     dC = _fold_routes(dC, C.shape[1]).to(C.dtype)
