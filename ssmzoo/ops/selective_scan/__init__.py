@@ -29,7 +29,7 @@ BACKENDS = ("reference", "chunked", "triton")
 _warned: set[str] = set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> ModuleType | None:
     """A backend module, or None when it cannot be imported here (no Triton)."""
     try:
