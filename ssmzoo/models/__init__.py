@@ -10,6 +10,7 @@ from ._registry import ZooPretrainedCfg, generate_default_cfgs, list_models, reg
 
 # Family modules, one import each (keep sorted).
 from . import vim  # noqa: F401
+from . import vmamba  # noqa: F401
 
 # Official repository -> family module, for the parity fixtures in ../shared/fixtures/parity/ (their
 # ``official_repo`` field). A fixture whose family module exists must be reproduced by it.
