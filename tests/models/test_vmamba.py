@@ -1,14 +1,20 @@
 """VMamba-specific checks; the timm API, gradients, ONNX and fixture parity are covered by test_contract.py."""
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import shared_dir
 from timm.optim import param_groups_weight_decay
 
 import ssmzoo
 from ssmzoo.models import vmamba
+
+FIXTURE = shared_dir() / "fixtures" / "parity" / "vmamba_v2_ratio2.pt"
 
 # Parameters (M) of the official constructors (reference doc table 2.4: counts of the official classes).
 OFFICIAL_PARAMS_M = {
@@ -180,6 +186,28 @@ def test_no_weight_decay_covers_ssm_parameters():
     for name, p in model.named_parameters():
         if name.endswith(("A_logs", "Ds")):
             assert id(p) in no_decay, name
+
+
+@pytest.mark.skipif(not FIXTURE.is_file(), reason=f"no parity fixture at {FIXTURE}")
+def test_pretrained_official_file_through_hub(tmp_path, monkeypatch):
+    """An official release-style file (Swin dict with a pickled yacs CfgNode, weights under "model") loads by
+    ``create_model(pretrained=True)`` through ssmzoo.hub and reproduces the official output."""
+    fixture = torch.load(FIXTURE, weights_only=True)
+    # test_vmamba is the fixture's configuration (dims 16, depths 1/1/2/1, ssm_ratio 2) with 10 classes.
+    yacs_config = types.ModuleType("yacs.config")
+    cfg_node = type("CfgNode", (dict,), {"__module__": "yacs.config"})
+    yacs_config.CfgNode = cfg_node
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", yacs_config)
+    path = tmp_path / "vssm_ckpt_epoch_1.pth"
+    torch.save({"model": fixture["state_dict"], "optimizer": {}, "epoch": 1, "max_accuracy": 0.5,
+                "config": cfg_node(MODEL=cfg_node(TYPE="vssm"))}, path)
+    monkeypatch.delitem(sys.modules, "yacs.config")  # the loader must not need the class
+    model = ssmzoo.create_model("test_vmamba", pretrained=True, num_classes=10,
+                                pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    with torch.no_grad():
+        out = model(fixture["input"])
+    torch.testing.assert_close(out, fixture["output"], rtol=0, atol=2e-5)
 
 
 @pytest.mark.slow
