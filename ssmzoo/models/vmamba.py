@@ -140,8 +140,8 @@ class VSSM(nn.Module):
         depths: blocks per stage.
         dims: channels per stage, or the first stage's (doubled at every stage).
         patch_size: stride of the stem.
-        stem: "v2" (two 3x3 s2 convs) or "v1" (one patch_size conv).
-        downsample: "v3" (conv3x3 s2), "v2" (conv2x2 s2) or "v1" (PatchMerging).
+        stem_type: "v2" (two 3x3 s2 convs) or "v1" (one patch_size conv).
+        downsample_type: "v3" (conv3x3 s2), "v2" (conv2x2 s2) or "v1" (PatchMerging).
         d_state, ssm_ratio, dt_rank, ssm_act_layer, d_conv, conv_bias, gate, force_fp32, ssm_drop_rate:
             :class:`~ssmzoo.layers.ss2d.SS2D`'s.
         mlp_ratio: MLP hidden ratio; 0 leaves blocks without MLP (v0).
@@ -159,8 +159,8 @@ class VSSM(nn.Module):
         depths: Sequence[int] = (2, 2, 9, 2),
         dims: int | Sequence[int] = 96,
         patch_size: int = 4,
-        stem: str = "v2",
-        downsample: str = "v3",
+        stem_type: str = "v2",
+        downsample_type: str = "v3",
         d_state: int = 1,
         ssm_ratio: float = 2.0,
         dt_rank: int | str = "auto",
@@ -188,7 +188,7 @@ class VSSM(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.drop_rate = drop_rate
 
-        self.stem = Stem(in_chans, dims[0], patch_size, stem)
+        self.stem = Stem(in_chans, dims[0], patch_size, stem_type)
         rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # torch.linspace's
         dpr = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(num_stages)]
         block_kwargs = dict(
@@ -198,7 +198,7 @@ class VSSM(nn.Module):
         )
         stages, self.feature_info = [], []
         for i in range(num_stages):
-            stages.append(VSSStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample if i > 0 else None, dpr[i],
+            stages.append(VSSStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample_type if i > 0 else None, dpr[i],
                                    **block_kwargs))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -374,9 +374,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VSSM) -> di
     return out
 
 
+# v01-v05, v2, v3 differ only in kernels, einsum vs grouped conv and whether scan inputs are forced to fp32 ("v2"
+# selects a "core" kernel that the official snapshot's own assertion rejects; its math is v03's).
 _V2_FORWARD_TYPES = ("v01", "v02", "v03", "v04", "v05", "v2", "v3")
 # Official VSSM kwargs that describe nothing our model needs (checkpointing is set_grad_checkpointing here).
-_IGNORED_KWARGS = {"use_checkpoint", "imgsize", "ssm_init"}
+_IGNORED_KWARGS = {"use_checkpoint", "imgsize"}
 
 
 def _from_official_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -397,20 +399,19 @@ def _from_official_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"VMamba forward_type {forward_type!r} is not implemented (supported: 'v0', "
                          f"{', '.join(repr(t) for t in _V2_FORWARD_TYPES)}, with '_noz' and/or '_no32' for v0x)")
-    unsupported = {
-        "gmlp": (False,), "posembed": (False,), "patch_norm": (True,), "norm_layer": ("ln", "ln2d", "LN", "LN2D"),
-        "ssm_init": ("v0",),
-    }
+    # norm_layer "ln" and "ln2d" are the same math (channels-last vs channels-first); the init is v0's only.
+    unsupported = {"gmlp": (False,), "posembed": (False,), "patch_norm": (True,), "norm_layer": ("ln", "ln2d"),
+                   "ssm_init": ("v0",)}
     for name, allowed in unsupported.items():
-        if name in kw and kw[name] not in allowed:
+        if name in kw and (kw[name].lower() if name == "norm_layer" else kw[name]) not in allowed:
             raise ValueError(f"VMamba official option {name}={kw[name]!r} is not implemented (supported: {allowed})")
     for name in (*_IGNORED_KWARGS, *unsupported):
         kw.pop(name, None)
     rename = {"ssm_d_state": "d_state", "ssm_dt_rank": "dt_rank", "ssm_conv": "d_conv", "ssm_conv_bias": "conv_bias",
-              "patchembed_version": "stem", "downsample_version": "downsample"}
+              "patchembed_version": "stem_type", "downsample_version": "downsample_type"}
     ours = {rename.get(k, k): v for k, v in kw.items()}
-    ours.setdefault("stem", "v1")  # the official defaults differ from ours
-    ours.setdefault("downsample", "v2")
+    ours.setdefault("stem_type", "v1")  # the official defaults differ from ours
+    ours.setdefault("downsample_type", "v2")
     ours.setdefault("d_state", 16)
     ours.setdefault("conv_bias", True)
     ours.update(fixed, gate=gate, force_fp32=force_fp32)
@@ -483,8 +484,9 @@ def _create_vssm(variant: str, pretrained: bool = False, **kwargs: Any) -> VSSM:
 
 
 # The released v2 design (``forward_type="v05_noz"``) and the vanilla v0 design.
-_V2 = dict(stem="v2", downsample="v3", d_state=1, conv_bias=False, gate=False, force_fp32=False, mlp_ratio=4.0)
-_V0 = dict(stem="v1", downsample="v1", d_state=16, ssm_ratio=2.0, conv_bias=True, gate=True, force_fp32=True,
+_V2 = dict(stem_type="v2", downsample_type="v3", d_state=1, conv_bias=False, gate=False, force_fp32=False,
+           mlp_ratio=4.0)
+_V0 = dict(stem_type="v1", downsample_type="v1", d_state=16, ssm_ratio=2.0, conv_bias=True, gate=True, force_fp32=True,
            mlp_ratio=0.0)
 
 

@@ -159,7 +159,7 @@ def test_sizes_not_divisible_by_32(name):
 
 
 @pytest.mark.parametrize("name, ssm_kwargs", [("test_vmamba", {}), ("test_vmamba", dict(
-    stem="v1", downsample="v1", d_state=4, conv_bias=True, gate=True, force_fp32=True, mlp_ratio=0.0))])
+    stem_type="v1", downsample_type="v1", d_state=4, conv_bias=True, gate=True, force_fp32=True, mlp_ratio=0.0))])
 def test_training_numerics_fp32(name, ssm_kwargs):
     """20 AdamW steps on a fixed random batch: finite, decreasing loss; every parameter gets a gradient."""
     torch.manual_seed(0)
