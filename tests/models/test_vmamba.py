@@ -158,23 +158,46 @@ def test_sizes_not_divisible_by_32(name):
         assert sizes == [(12, 17), (6, 9), (3, 5), (2, 3)]
 
 
-@pytest.mark.parametrize("name, ssm_kwargs", [("test_vmamba", {}), ("test_vmamba", dict(
-    stem_type="v1", downsample_type="v1", d_state=4, conv_bias=True, gate=True, force_fp32=True, mlp_ratio=0.0))])
-def test_training_numerics_fp32(name, ssm_kwargs):
-    """20 AdamW steps on a fixed random batch: finite, decreasing loss; every parameter gets a gradient."""
+V0_SMALL = dict(stem_type="v1", downsample_type="v1", d_state=4, conv_bias=True, gate=True, force_fp32=True,
+                mlp_ratio=0.0)
+
+
+def _train_20_steps(device: str, autocast_dtype: torch.dtype | None, **model_kwargs) -> list[float]:
+    """20 AdamW steps on a fixed random batch; asserts every parameter gets a finite gradient at every step."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=3, depths=(1, 1, 1, 1), drop_path_rate=0.1, **ssm_kwargs).train()
+    model = timm.create_model("test_vmamba", num_classes=3, depths=(1, 1, 1, 1), drop_path_rate=0.1,
+                              **model_kwargs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    x, target = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    x, target = torch.randn(3, 3, 32, 32, device=device), torch.tensor([0, 1, 2], device=device)
     losses = []
     for _ in range(20):
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), target)
+        with torch.autocast(device, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), target)
         loss.backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, f"parameters without a finite gradient: {missing[:5]}"
         optimizer.step()
         losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("design", [{}, V0_SMALL], ids=["v2", "v0"])
+def test_training_numerics_cpu(design, autocast_dtype):
+    """fp32 and bf16 autocast on the CPU (v0 forces its scan inputs to fp32 under autocast): finite, decreasing
+    loss; every parameter gets a gradient."""
+    losses = _train_20_steps("cpu", autocast_dtype, **design)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], f"loss did not decrease: {losses}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("design", [{}, V0_SMALL], ids=["v2", "v0"])
+def test_training_numerics_cuda_bf16_autocast(design):
+    losses = _train_20_steps("cuda", torch.bfloat16, **design)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0], f"loss did not decrease: {losses}"
 
