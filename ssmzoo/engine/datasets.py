@@ -18,8 +18,8 @@ from typing import Any
 
 from mmengine.dataset import Compose
 from mmengine.registry import DATASETS
-from PIL import Image
-from timm.data import create_transform
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 
 __all__ = ["ADE20K_CLASSES", "ADE20KDataset", "IMG_EXTENSIONS", "ImageNetFolder", "SegmentationFolder"]
@@ -61,6 +61,27 @@ def _images_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
     for root, _, files in os.walk(folder, followlinks=True):
         found.extend(Path(root) / f for f in files if f.lower().endswith(tuple(extensions)))
     return sorted(found)
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's ``posterize`` with 0 bits giving the black image older Pillow returned: Pillow 13 refuses 0 bits, which
+    RandAugment's increasing posterize asks for at magnitude 10 (``m9-mstd0.5`` draws it for ~2 % of the images)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform) -> None:
+    """Point the posterize ops of timm's Rand/AutoAugment inside ``transform`` at :func:`_posterize`."""
+    for t in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(t, "ops", []))
+        for sub_policy in getattr(t, "policy", []):
+            ops.extend(sub_policy)
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
 
 
 @DATASETS.register_module()
@@ -106,6 +127,7 @@ class ImageNetFolder(Dataset):
             self.samples.extend((str(f), index[name]) for f in files)
         self.metainfo = {"classes": tuple(classes)}
         self.transform = create_transform(**(transform or {}))
+        _fix_posterize(self.transform)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -43,6 +43,19 @@ def test_imagenet_folder(imagenet):
     assert item["inputs"].shape == (3, 24, 24) and item["data_samples"] == 3
 
 
+def test_randaugment_posterize_to_zero_bits_gives_black(imagenet):
+    """m9-mstd0.5 reaches magnitude 10 (0 bits kept), which Pillow 13 refuses; the dataset's transform copes."""
+    ds = ImageNetFolder(str(imagenet), "val", transform=dict(input_size=24, is_training=True,
+                                                             auto_augment="rand-m9-mstd0.5-inc1"))
+    randaug = next(t for t in ds.transform.transforms if hasattr(t, "ops"))
+    posterize = next(op for op in randaug.ops if op.name == "PosterizeIncreasing")
+    posterize.magnitude, posterize.magnitude_std, posterize.prob = 10, 0, 1.0
+    out = posterize(Image.new("RGB", (4, 4), (200, 100, 50)))
+    assert np.asarray(out).max() == 0
+    randaug.ops, randaug.num_layers = [posterize], 1
+    assert ds[0]["inputs"].shape == (3, 24, 24)
+
+
 def test_imagenet_folder_bad_layouts(imagenet, tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "none"))):
         ImageNetFolder(str(tmp_path / "none"))
