@@ -101,56 +101,48 @@ def _take_first(x, y):
 
 @triton.jit
 def _edge(x, HIGH: tl.constexpr):
-    """x[:, :, M - 1] (HIGH) or x[:, :, 0] of a [P, BD, M] tile. M is held by one thread, so this reduction is a
-    register pick (the in-thread reduction runs in index order)."""
-    return tl.reduce(x, 2, _take_second if HIGH else _take_first)
+    """x[:, :, M - 1:] (HIGH) or x[:, :, :1] of a [P, BD, M] tile, as [P, BD, 1] in the tile's layout. M is held
+    by one thread, so this reduction is a register pick (the in-thread reduction runs in index order)."""
+    return tl.reduce(x, 2, _take_second if HIGH else _take_first, keep_dims=True)
 
 
 @triton.jit
 def _chunk(x, which):
-    """Row ``which`` of a [P, BD] tensor of chunk values, as (BD,)."""
+    """Chunk ``which`` of a [P, BD, 1] tensor of chunk values, as (BD,)."""
     rows = tl.arange(0, x.shape[0])
-    return tl.sum(tl.where(rows[:, None] == which, x, 0.0), 0)
+    return tl.sum(tl.sum(tl.where(rows[:, None, None] == which, x, 0.0), 2), 0)
 
 
 @triton.jit
 def _scan_states(a, b, h0, REV: tl.constexpr):
-    """h_t = a_t h_{t-1} + b_t over a [P, BD, M] tile in time order (descending when REV), from h0 (BD,).
+    """h_t = a_t h_{t-1} + b_t over a [P, BD, M] tile, from h0 (BD,). The route visits the chunks in order p = 0,
+    1, ... and the steps of a chunk in order m = 0, 1, ... (m = M - 1, M - 2, ... when REV).
 
-    Returns the states (P, BD, M) and the state after the tile's last step in route order (BD,).
+    Returns the states (P, BD, M) and the state after the tile's last step (BD,).
     """
     Am, Hm = tl.associative_scan((a, b), 2, _state_combine, reverse=REV)
-    if REV:
-        At, Ht = _edge(Am, False), _edge(Hm, False)
-    else:
-        At, Ht = _edge(Am, True), _edge(Hm, True)
+    At, Ht = _edge(Am, not REV), _edge(Hm, not REV)  # chunk totals (P, BD, 1)
     zero = At * 0.0  # (built from At so it shares At's layout)
-    ia, ib, xa, xb = tl.associative_scan((At, Ht, zero + 1.0, zero), 0, _exclusive_combine, reverse=REV)
-    h_in = xa * h0[None, :] + xb  # state entering each chunk
-    h = Hm + Am * h_in[:, :, None]
-    h_end = _chunk(ia * h0[None, :] + ib, 0 if REV else At.shape[0] - 1)
-    return h, h_end
+    ia, ib, xa, xb = tl.associative_scan((At, Ht, zero + 1.0, zero), 0, _exclusive_combine)
+    h = Hm + Am * (xa * h0[None, :, None] + xb)  # chunk-local states + decayed state entering the chunk
+    return h, _chunk(ia * h0[None, :, None] + ib, At.shape[0] - 1)
 
 
 @triton.jit
 def _scan_adjoint(a, c, kappa, REV: tl.constexpr):
-    """Adjoint g_t = c_t + a_{t+1} g_{t+1} over a tile of a route walked in time order (descending when REV),
-    given kappa (BD,) = a g at the first step after the tile in route order.
+    """Adjoint g_t = c_t + a_{t+1} g_{t+1} over a tile visited as in ``_scan_states``, given kappa (BD,) = a g at
+    the first step after the tile in route order.
 
     Returns g (P, BD, M) and a_first * g_first (BD,): the adjoint flowing into the state before the tile.
     """
-    F, Pm, G = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), c), 2, _adjoint_combine, reverse=not REV)
-    if REV:
-        f, p, g = _edge(F, True), _edge(Pm, True), _edge(G, True)
-    else:
-        f, p, g = _edge(F, False), _edge(Pm, False), _edge(G, False)
+    F, Pm, G = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), c), 2, _adjoint_combine,
+                                   reverse=not REV)
+    f, p, g = _edge(F, REV), _edge(Pm, REV), _edge(G, REV)  # chunk summaries at their first step (P, BD, 1)
     # a chunk maps the adjoint entering it (from later steps) to the one leaving it: kappa -> f p kappa + f g
     zero = f * 0.0
-    ia, ib, xa, xb = tl.associative_scan((f * p, f * g, zero + 1.0, zero), 0, _exclusive_combine, reverse=not REV)
-    k_in = xa * kappa[None, :] + xb
-    g_all = G + Pm * k_in[:, :, None]
-    k_out = _chunk(ia * kappa[None, :] + ib, f.shape[0] - 1 if REV else 0)
-    return g_all, k_out
+    ia, ib, xa, xb = tl.associative_scan((f * p, f * g, zero + 1.0, zero), 0, _exclusive_combine, reverse=True)
+    g_all = G + Pm * (xa * kappa[None, :, None] + xb)
+    return g_all, _chunk(ia * kappa[None, :, None] + ib, 0)
 
 
 @triton.jit
@@ -162,6 +154,14 @@ def _positions(s, L, H, W, order_row, KIND: tl.constexpr):
         return tl.load(order_row + s, mask=s < L, other=0).to(tl.int32)
     else:
         return s
+
+
+@triton.jit
+def _load_bc(ptrs, tmask, m3, SAME_GROUP: tl.constexpr, PADDED: tl.constexpr):
+    """A row of B or C as fp32: unmasked from staged rows padded with zeros to whole tiles."""
+    if PADDED:
+        return tl.load(ptrs).to(tl.float32)
+    return tl.load(ptrs, mask=tmask if SAME_GROUP else m3, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -180,9 +180,14 @@ def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K
 @triton.jit
 def _tile_index(i, n_tiles, L, H, W, order_row, P: tl.constexpr, M: tl.constexpr, KIND: tl.constexpr,
                 REV: tl.constexpr):
-    """Positions (P, 1, M) and step mask of the tile visited i-th by a route (tiles in descending order when REV)."""
-    j = n_tiles - 1 - i if REV else i
-    s = j * (P * M) + tl.arange(0, P)[:, None, None] * M + tl.arange(0, M)[None, None, :]
+    """Positions (P, 1, M) and step mask of the tile a route visits i-th. Chunk p of the tile is the p-th the route
+    visits: a reversed route walks the tiles and chunks of its base order backwards (and the steps of a chunk, see
+    ``_scan_states``), so every cross-lane scan runs forward."""
+    p = tl.arange(0, P)[:, None, None]
+    if REV:
+        s = (n_tiles - 1 - i) * (P * M) + (P - 1 - p) * M + tl.arange(0, M)[None, None, :]
+    else:
+        s = i * (P * M) + p * M + tl.arange(0, M)[None, None, :]
     return _positions(s, L, H, W, order_row, KIND), s < L
 
 
@@ -191,7 +196,7 @@ def _tile_index(i, n_tiles, L, H, W, order_row, P: tl.constexpr, M: tl.constexpr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["su_l", "sdl_l", "sB_l", "sC_l", "sz_l", "so_l", "sws_l", "zero"])
+@triton.jit(do_not_specialize=["su_l", "sdl_l", "sB_l", "sC_l", "sz_l", "so_l", "sws_l"])
 def _fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr,
     out_ptr, ws_ptr, chunk_ptr, states_ptr,
@@ -203,23 +208,26 @@ def _fwd_kernel(
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, SAVE_CHUNKS: tl.constexpr, RET_STATES: tl.constexpr,
-    MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr, TIME_UNIT: tl.constexpr,
+    MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr, BC_BCAST: tl.constexpr,
+    BC_PADDED: tl.constexpr,
     BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
 ):
     """Forward scan of one (batch, channel tile) over the K routes.
 
     Writes out (merged, MERGE 1 = sum, 2 = mean; or per route, MERGE 0) when OUTPUT; the state entering every tile
     into chunk (B, K, n_tiles + 1, D, N) fp32 when SAVE_CHUNKS (slot n_tiles is the last state; slot 0 holds the
-    initial state, read when CARRY); every state into states (B, K, D, L, N) fp32 when RET_STATES. TIME_UNIT: the
-    time stride of every activation is 1 and rows are 16-byte aligned (vector loads); otherwise the strides are
-    runtime values Triton does not specialise, which keeps the per-thread layout along M.
+    initial state, read when CARRY); every state into states (B, K, D, L, N) fp32 when RET_STATES. BC_BCAST: B and
+    C rows are loaded once per thread and broadcast over its channels (the tile layout keeps channels in-thread);
+    BC_PADDED: they are staged rows padded with zeros to whole tiles (no mask).
     """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     dd = d[None, :, None]
-    d_zero = dd * zero  # a zero the compiler cannot fold: B, C rows are loaded at the tile's shape and layout
+    # B, C rows: (P, 1, M) pointers broadcast in registers (BC_BCAST), or tile-shaped through a zero the compiler
+    # cannot fold, when the tile's layout spreads channels over lanes
+    d_zero = tl.zeros([1, 1, 1], tl.int32) if BC_BCAST else dd * zero
     if SAME_GROUP:
         grp = (pid_d * BLOCK_D) // d_per_group
     else:
@@ -239,8 +247,8 @@ def _fwd_kernel(
             pos, tmask = _tile_index(i, n_tiles, L, H, W, order_ptr + b * sord_b + k * sord_k, P, M, KINDS[k],
                                      REVS[k])
             m3 = dmask[None, :, None] & tmask
-            u = tl.load(u_row + (pos if TIME_UNIT else pos * su_l), mask=m3, other=0.0).to(tl.float32)
-            dt = tl.load(dl_row + (pos if TIME_UNIT else pos * sdl_l), mask=m3, other=0.0).to(tl.float32)
+            u = tl.load(u_row + pos * su_l, mask=m3, other=0.0).to(tl.float32)
+            dt = tl.load(dl_row + pos * sdl_l, mask=m3, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 dt += bias[None, :, None]
             if SOFTPLUS:
@@ -250,8 +258,7 @@ def _fwd_kernel(
             y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             for n in range(N):
                 A2 = tl.load(a_row + n * sA_n, mask=dmask, other=0.0) * 1.4426950408889634
-                Bn = tl.load(b_row + n * sB_n + (pos if TIME_UNIT else pos * sB_l) + d_zero,
-                             mask=tmask & (d_zero == 0) if SAME_GROUP else m3, other=0.0).to(tl.float32)
+                Bn = _load_bc(b_row + n * sB_n + pos * sB_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
                 h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
                 if CARRY:
                     h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
@@ -261,24 +268,23 @@ def _fwd_kernel(
                 if RET_STATES:
                     tl.store(states_ptr + (((b * K + k) * Dm + dd) * L + pos) * N + n, h, mask=m3)
                 if OUTPUT:
-                    Cn = tl.load(c_row + n * sC_n + (pos if TIME_UNIT else pos * sC_l) + d_zero,
-                                 mask=tmask & (d_zero == 0) if SAME_GROUP else m3, other=0.0).to(tl.float32)
+                    Cn = _load_bc(c_row + n * sC_n + pos * sC_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
                     y += Cn * h
             if OUTPUT:
                 if HAS_D:
                     y += Dk[None, :, None] * u
-                ws = ws_ptr + b * sws_b + dd * sws_d + (pos if TIME_UNIT else pos * sws_l)
+                ws = ws_ptr + b * sws_b + dd * sws_d + pos * sws_l
                 if MERGE == 0 or k == K - 1:
                     if MERGE != 0 and K > 1:
                         y += tl.load(ws, mask=m3, other=0.0)
                     if MERGE == 2:
                         y = y / K
                     if HAS_Z:
-                        zt = tl.load(z_ptr + b * sz_b + dd * sz_d + (pos if TIME_UNIT else pos * sz_l),
+                        zt = tl.load(z_ptr + b * sz_b + dd * sz_d + pos * sz_l,
                                      mask=m3, other=0.0).to(tl.float32)
                         y = y * zt * _sigmoid(zt)
                     o = (out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + dd * so_d
-                         + (pos if TIME_UNIT else pos * so_l))
+                         + pos * so_l)
                     tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m3)
                 else:
                     if k > 0:
@@ -294,7 +300,7 @@ def _fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["su_l", "sdl_l", "sB_l", "sC_l", "sz_l", "sdo_l", "sdu_l", "sddl_l", "sdz_l",
-                               "sws_l", "zero"])
+                               "sws_l"])
 def _bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, dout_ptr, chunk_ptr, gc_ptr, dst_ptr,
     du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
@@ -308,7 +314,7 @@ def _bwd_kernel(
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, HAS_DSTATES: tl.constexpr, MERGE: tl.constexpr,
-    SAME_GROUP: tl.constexpr, TIME_UNIT: tl.constexpr,
+    SAME_GROUP: tl.constexpr, BC_BCAST: tl.constexpr, BC_PADDED: tl.constexpr,
     BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
 ):
     """Backward of one (batch, channel tile) over the K routes, tiles in reverse route order.
@@ -323,7 +329,9 @@ def _bwd_kernel(
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     dd = d[None, :, None]
-    d_zero = dd * zero  # a zero the compiler cannot fold: B, C rows are loaded at the tile's shape and layout
+    # B, C rows: (P, 1, M) pointers broadcast in registers (BC_BCAST), or tile-shaped through a zero the compiler
+    # cannot fold, when the tile's layout spreads channels over lanes
+    d_zero = tl.zeros([1, 1, 1], tl.int32) if BC_BCAST else dd * zero
     if SAME_GROUP:
         grp = (pid_d * BLOCK_D) // d_per_group
     else:
@@ -352,19 +360,19 @@ def _bwd_kernel(
             pos, tmask = _tile_index(i, n_tiles, L, H, W, order_ptr + b * sord_b + k * sord_k, P, M, KINDS[k],
                                      REVS[k])
             m3 = dmask[None, :, None] & tmask
-            u = tl.load(u_row + (pos if TIME_UNIT else pos * su_l), mask=m3, other=0.0).to(tl.float32)
-            x = tl.load(dl_row + (pos if TIME_UNIT else pos * sdl_l), mask=m3, other=0.0).to(tl.float32)
+            u = tl.load(u_row + pos * su_l, mask=m3, other=0.0).to(tl.float32)
+            x = tl.load(dl_row + pos * sdl_l, mask=m3, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 x += bias[None, :, None]
             dt = _softplus(x) if SOFTPLUS else x
             dt = tl.where(m3, dt, 0.0)
             dtu = dt * u
             do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + dd * sdo_d
-                         + (pos if TIME_UNIT else pos * sdo_l), mask=m3, other=0.0).to(tl.float32)
+                         + pos * sdo_l, mask=m3, other=0.0).to(tl.float32)
             if MERGE == 2:
                 do = do / K
             if HAS_Z:
-                zt = tl.load(z_ptr + b * sz_b + dd * sz_d + (pos if TIME_UNIT else pos * sz_l),
+                zt = tl.load(z_ptr + b * sz_b + dd * sz_d + pos * sz_l,
                              mask=m3, other=0.0).to(tl.float32)
                 zsig = _sigmoid(zt)
                 dy = do * zt * zsig
@@ -375,11 +383,8 @@ def _bwd_kernel(
             y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             for n in range(N):
                 An = tl.load(a_row + n * sA_n, mask=dmask, other=0.0)
-                bc_mask = tmask & (d_zero == 0) if SAME_GROUP else m3
-                Bn = tl.load(b_row + n * sB_n + (pos if TIME_UNIT else pos * sB_l) + d_zero, mask=bc_mask,
-                             other=0.0).to(tl.float32)
-                Cn = tl.load(c_row + n * sC_n + (pos if TIME_UNIT else pos * sC_l) + d_zero, mask=bc_mask,
-                             other=0.0).to(tl.float32)
+                Bn = _load_bc(b_row + n * sB_n + pos * sB_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
+                Cn = _load_bc(c_row + n * sC_n + pos * sC_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
                 a = tl.exp2(dt * (An * 1.4426950408889634)[None, :, None])
                 bn = dtu * Bn
                 h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -399,11 +404,11 @@ def _bwd_kernel(
                 sdtu += g * Bn
                 tl.atomic_add(dA_row + n, tl.sum(tl.sum(dt * w, 2), 0), mask=dmask, sem="relaxed")
                 if SAME_GROUP:
-                    tl.atomic_add(dB_row + n * L + pos, tl.sum(g * dtu, 1)[:, None, :], mask=tmask, sem="relaxed")
-                    tl.atomic_add(dC_row + n * L + pos, tl.sum(dy * h, 1)[:, None, :], mask=tmask, sem="relaxed")
+                    tl.atomic_add(dB_row + n * sdB_n + pos, tl.sum(g * dtu, 1)[:, None, :], mask=tmask, sem="relaxed")
+                    tl.atomic_add(dC_row + n * sdB_n + pos, tl.sum(dy * h, 1)[:, None, :], mask=tmask, sem="relaxed")
                 else:
-                    tl.atomic_add(dB_row + n * L + pos, g * dtu, mask=m3, sem="relaxed")
-                    tl.atomic_add(dC_row + n * L + pos, dy * h, mask=m3, sem="relaxed")
+                    tl.atomic_add(dB_row + n * sdB_n + pos, g * dtu, mask=m3, sem="relaxed")
+                    tl.atomic_add(dC_row + n * sdB_n + pos, dy * h, mask=m3, sem="relaxed")
             ddt += sdtu * u
             du = sdtu * dt
             if HAS_D:
@@ -414,10 +419,10 @@ def _bwd_kernel(
             ddt = tl.where(m3, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(tl.sum(ddt, 2), 0)
-            ws_offs = b * sws_b + dd * sws_d + (pos if TIME_UNIT else pos * sws_l)
-            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + dd * sdu_d + (pos if TIME_UNIT else pos * sdu_l)
+            ws_offs = b * sws_b + dd * sws_d + pos * sws_l
+            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + dd * sdu_d + pos * sdu_l
             ddl_offs = (b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + dd * sddl_d
-                        + (pos if TIME_UNIT else pos * sddl_l))
+                        + pos * sddl_l)
             if U_ROUTES:
                 tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m3)
             else:
@@ -430,7 +435,7 @@ def _bwd_kernel(
                 if HAS_D:
                     y += Dk[None, :, None] * u
                 dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
-                dz_offs = b * sdz_b + dd * sdz_d + (pos if TIME_UNIT else pos * sdz_l)
+                dz_offs = b * sdz_b + dd * sdz_d + pos * sdz_l
                 _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, dz_offs, m3, k, K)
             # the next tile reads the adjoint carry other threads just stored; the next route rereads workspaces
             tl.debug_barrier()
@@ -489,50 +494,61 @@ def _classify(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, in
 
 
 class Config:
-    """Launch parameters of one call: a tile is P chunks of M steps (T = P * M) by BLOCK_D channels. The forward pass
-    that saves tile-entry states and the backward that reads them must use the same T."""
+    """Launch parameters: a tile is a [P, BLOCK_D, M] tensor, P chunks of M steps (T = P * M steps) by BLOCK_D
+    channels, in one of two register layouts (Triton derives them from the tile's shape and strides):
 
-    def __init__(self, P: int, M: int, block_d: int, num_warps: int, same_group: bool):
-        self.P, self.M, self.block_d, self.num_warps, self.same_group = P, M, block_d, num_warps, same_group
+    - channels-first (time is the contiguous axis): P = 32 * num_warps chunks, one per thread, so the loads are
+      coalesced along time; a thread holds the M steps of its chunk for its BLOCK_D channels, so B and C rows are
+      loaded once per thread and dB, dC are summed over the channels in registers (``bcast``).
+    - channels-last (channels are contiguous): P = 1, one channel per thread (BLOCK_D = 32 * num_warps), coalesced
+      along channels; each thread holds all T = M steps, and B, C rows are loaded per thread (a warp broadcast).
+
+    The forward pass that saves tile-entry states and the backward that reads them must use the same T.
+    """
+
+    def __init__(self, P: int, M: int, block_d: int, num_warps: int, same_group: bool, bcast: bool):
+        self.P, self.M, self.block_d, self.num_warps = P, M, block_d, num_warps
+        self.same_group, self.bcast = same_group, bcast
         self.T = P * M
 
     def constexprs(self) -> dict:
-        return dict(P=self.P, M=self.M, BLOCK_D=self.block_d,
-                    SAME_GROUP=self.same_group)
+        return dict(P=self.P, M=self.M, BLOCK_D=self.block_d, SAME_GROUP=self.same_group, BC_BCAST=self.bcast)
 
     def __repr__(self) -> str:
         return (f"Config(P={self.P}, M={self.M}, block_d={self.block_d}, num_warps={self.num_warps}, "
-                f"same_group={self.same_group})")
+                f"same_group={self.same_group}, bcast={self.bcast})")
 
 
 MAX_T = 256  # longest tile; tests lower it to get several tiles at tiny L
-TILE_ELEMS = {"fwd": 4096, "bwd": 2048}  # elements of a [P, BLOCK_D, M] tile: 32 / 16 registers a thread at 4 warps
+FWD_ELEMS = 16  # of each [P, BLOCK_D, M] forward tile tensor per thread: what fits in registers
+BWD_WARPS = 4  # backward: one channel per warp; dB, dC are summed over the program's channels before the atomics
+CL_STEPS = 16  # steps per tile in the channels-last layout (all held by one thread)
 
 
-def config_for(L: int, Dm: int, d_per_group: int, elem_bytes: int, which: str) -> Config:
-    """M = one 16-byte vector of steps per thread, P <= 32 chunks on the lanes (T <= MAX_T), and BLOCK_D channels
-    per program: a power of two that divides the group size when it can, so the channels share one row of B, C."""
-    M = min(16 // elem_bytes, MAX_T)
-    P = max(1, min(32, MAX_T // M, triton.next_power_of_2(triton.cdiv(L, M))))
-    want = max(1, min(64, TILE_ELEMS[which] // (P * M), triton.next_power_of_2(Dm)))
+def config_for(L: int, Dm: int, d_per_group: int, channels_last: bool, which: str) -> Config:
+    """The launch configuration for a call (see ``Config``).
+
+    Channels-first: P = 32 chunks of M = T / 32 steps (the cross-lane work per chunk is paid once per M steps);
+    the forward runs one warp with BLOCK_D channels in each thread, the backward one channel per warp so that the
+    dB, dC sums before the atomics cover BWD_WARPS channels without more registers. BLOCK_D is a power of two that
+    divides the group size when it can, so that a program's channels share one row of B and C.
+    """
+    if channels_last:
+        warps = max(1, min(4, triton.next_power_of_2(Dm) // 32))
+        T = min(max(2, triton.next_power_of_2(L)), CL_STEPS, MAX_T)
+        return Config(1, T, 32 * warps, warps, d_per_group % (32 * warps) == 0, False)
+    T = min(max(32, triton.next_power_of_2(L)), max(MAX_T, 32))
+    P = min(T, 32)
+    M = T // P
+    if which == "bwd":
+        warps = max(1, min(BWD_WARPS, triton.next_power_of_2(Dm)))
+        return Config(P, M, warps, warps, d_per_group % warps == 0, False)
+    want = max(1, min(FWD_ELEMS // M, triton.next_power_of_2(Dm)))
     block_d = want
     while block_d > 1 and d_per_group % block_d:
         block_d //= 2
-    same_group = block_d >= min(want, 4)
-    return Config(P, M, block_d if same_group else want, 4, same_group)
-
-
-def _time_unit(*views: Tensor | None) -> bool:
-    """True when every (..., L) view has unit time stride, 16-aligned other strides and a 16-byte aligned start,
-    so that the kernels may address time as contiguous (vector loads)."""
-    for v in views:
-        if v is None:
-            continue
-        if v.stride(-1) != 1 or v.data_ptr() % 16:
-            return False
-        if any(st % 16 for st, size in zip(v.stride()[:-1], v.shape[:-1], strict=True) if size > 1):
-            return False
-    return True
+    same_group = block_d == want
+    return Config(P, M, block_d if same_group else want, 1, same_group, True)
 
 
 def _poison() -> bool:
@@ -577,11 +593,11 @@ def _check(u: Tensor, *tensors: Tensor | None) -> None:
 class _Call:
     """Everything both kernels need about one call: shapes, route kinds, flags, strides, config."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, which):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, which):
         self.batch, self.Ku, self.Dm, self.L = u.shape
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         self.kinds, self.revs, self.H, self.W = route_kinds(order)
-        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, u.element_size(), which)
+        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, channels_last, which)
         self.n_tiles = triton.cdiv(self.L, self.cfg.T)
         self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
         self.order = order
@@ -594,8 +610,12 @@ class _Call:
             MERGE=self.merge, **self.cfg.constexprs(),
         )
         # routes sharing B or C with per-route partners: expand the shared one (a stride-0 view, no copy)
-        self.B = B.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and B.shape[1] == 1 else B
-        self.C = C.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and C.shape[1] == 1 else C
+        B = B.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and B.shape[1] == 1 else B
+        C = C.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and C.shape[1] == 1 else C
+        staged = self.N >= STAGE_MIN_N
+        self.B = _stage(B, self.n_tiles * self.cfg.T) if staged else B
+        self.C = _stage(C, self.n_tiles * self.cfg.T) if staged else C
+        self.flags["BC_PADDED"] = staged
         self.D = D.expand(self.K, -1) if D is not None and self.flags["X_ROUTES"] and D.shape[0] == 1 else D
         self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and self.flags["X_ROUTES"]
                      and delta_bias.shape[0] == 1 else delta_bias)
@@ -622,6 +642,20 @@ class _Call:
         return chunk
 
 
+STAGE_MIN_N = 4  # from this many states B and C are read often enough per element to be worth staging
+
+
+def _stage(x: Tensor, length: int) -> Tensor:
+    """B or C (B, Kb, G, N, L) as contiguous fp32 rows zero-padded to ``length`` >= L steps (whole tiles).
+
+    The kernels read B and C once per (step, state) for every channel tile. They are N / D the size of u, so one
+    conversion here costs little and spares the kernels a conversion and a mask per load.
+    """
+    staged = torch.zeros((*x.shape[:-1], length), dtype=torch.float32, device=x.device)
+    staged[..., :x.shape[-1]].copy_(x)
+    return staged
+
+
 def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chunk, states, output: bool,
              save_chunks: bool):
     """Launch the forward kernel (see _fwd_kernel) on canonical inputs."""
@@ -636,8 +670,7 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
         states if states is not None else dummy,
         *strides, *out_strides, *ws_strides, *order_strides, *call.sizes(),
         CARRY=chunk is not None and (call.n_tiles > 1 or initial_state is not None), SAVE_CHUNKS=save_chunks,
-        RET_STATES=states is not None, OUTPUT=output, TIME_UNIT=_time_unit(u, delta, call.B, call.C, z, out_view, ws),
-        **call.flags, num_warps=call.cfg.num_warps,
+        RET_STATES=states is not None, OUTPUT=output, **call.flags, num_warps=call.cfg.num_warps,
     )
 
 
@@ -663,7 +696,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                       delta_softplus, merge, channels_last, return_last_state, return_states,
                                       out_dtype)
     _check(u, delta, B, C, z)
-    call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, "fwd")
+    call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "fwd")
     device = u.device
     out, out_view = _natural(call.batch, call.K if call.merge == 0 else None, call.Dm, call.L,
                              out_dtype or torch.float32, device, channels_last)
@@ -690,7 +723,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                initial_state, order, inverse, delta_softplus, merge, channels_last,
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
-    call = _Call(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, "bwd")
+    call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "bwd")
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     carry = call.n_tiles > 1 or initial_state is not None
     chunk = call.chunk_buffer(initial_state, device) if carry else None
@@ -732,9 +765,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
         wsz if wsz is not None else dummy,
         *strides, *dy_view.stride(), *order_strides, *du.stride(), *ddelta.stride(), *dz_strides, *ws_strides,
         *dB.stride()[:4], *call.sizes(),
-        CARRY=carry, HAS_DSTATES=dstates is not None,
-        TIME_UNIT=_time_unit(u, delta, call.B, call.C, z, dy_view, du, ddelta, dz, wsu, wsdl, wsz),
-        **call.flags, num_warps=call.cfg.num_warps,
+        CARRY=carry, HAS_DSTATES=dstates is not None, **call.flags, num_warps=call.cfg.num_warps,
     )
     dB = _fold_routes(dB, B.shape[1]).to(B.dtype)
     dC = _fold_routes(dC, C.shape[1]).to(C.dtype)
