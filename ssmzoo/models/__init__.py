@@ -9,6 +9,7 @@ from ._builder import build_model, pretrained_tags
 from ._registry import ZooPretrainedCfg, generate_default_cfgs, list_models, register_model, suggest_models
 
 # Family modules, one import each (keep sorted).
+from . import dpmamba  # noqa: F401
 from . import vim  # noqa: F401
 from . import vmamba  # noqa: F401
 

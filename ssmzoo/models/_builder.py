@@ -20,7 +20,8 @@ __all__ = ["build_model", "pretrained_tags"]
 
 def pretrained_tags(arch: str) -> list[str]:
     """The pretrained tags registered for ``arch`` (with or without weights)."""
-    return list(get_arch_pretrained_cfgs(arch))
+    # timm keys these cfgs by their full name ("vim_tiny.in1k"; "dpmamba_s" for an untagged cfg, tag "").
+    return [name.partition(".")[2] for name in get_arch_pretrained_cfgs(arch)]
 
 
 def _check_tag(arch: str, pretrained_cfg: Any) -> None:
