@@ -91,3 +91,17 @@ def test_whole_and_slide_agree_when_one_window_covers_the_image(vmamba_upernet):
         torch.testing.assert_close(model.inference(x, "slide", (64, 64), (48, 48)), model.inference(x, "whole"))
     with pytest.raises(ValueError, match="whole' or 'slide"):
         model.inference(x, "tiles")
+
+
+def test_backbone_loads_classification_weights_with_new_stage_norms(tmp_path):
+    """The VMamba configs' backbone: ImageNet weights (no ``outnorm``) load non-strictly, as the official
+    ``Backbone_VSSM.load_pretrained`` does, the stage norms keep their fresh init."""
+    from ssmzoo import create_model
+
+    classifier = create_model("test_vmamba")
+    torch.save({"model": classifier.state_dict()}, tmp_path / "cls.pth")
+    model = UperNet(dict(name="test_vmamba", out_norms=True, pretrained=True, pretrained_strict=False,
+                         pretrained_cfg_overlay=dict(file=str(tmp_path / "cls.pth"))), num_classes=2, **HEADS)
+    backbone = model.backbone.model
+    torch.testing.assert_close(backbone.stem.conv1.weight, classifier.stem.conv1.weight)
+    assert torch.equal(backbone.stage_norms[0].weight, torch.ones_like(backbone.stage_norms[0].weight))
