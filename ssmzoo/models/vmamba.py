@@ -186,7 +186,6 @@ class VSSM(nn.Module):
         self.in_chans = in_chans
         self.patch_size = patch_size
         self.num_features = self.head_hidden_size = dims[-1]
-        self.drop_rate = drop_rate
 
         self.stem = Stem(in_chans, dims[0], patch_size, stem_type)
         rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]  # torch.linspace's
