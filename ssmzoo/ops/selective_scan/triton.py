@@ -581,12 +581,15 @@ def _natural(batch: int, K: int | None, Dm: int, L: int, dtype, device, channels
     return t, view
 
 
+_INTERPRETED = type(_fwd_kernel).__name__ == "InterpretedFunction"  # loaded under TRITON_INTERPRET=1: CPU tensors
+
+
 def _check(u: Tensor, *tensors: Tensor | None) -> None:
     for x in (u, *tensors):
         if x is not None and x.dtype not in KERNEL_DTYPES + (torch.float32,):
             raise ValueError(f"selective_scan (triton): unsupported dtype {x.dtype}; use float32, float16 or "
                              f"bfloat16")
-    if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if u.device.type != "cuda" and not _INTERPRETED:
         raise ValueError(f"selective_scan (triton): tensors must be on a CUDA device, got {u.device}")
 
 

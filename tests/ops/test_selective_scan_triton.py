@@ -1,0 +1,281 @@
+"""The Triton selective-scan kernels against the reference, forward and every gradient.
+
+- CPU (CI): the kernels run under the Triton interpreter at tiny shapes against the float64 reference, with every
+  kernel-written buffer poisoned with NaN (SSMZOO_POISON=1) and tiles short enough that a route crosses several of
+  them. TRITON_INTERPRET must be set before Triton is imported, so this file runs itself as a subprocess with it set
+  (one process for all cases); the pytest process and the other tests keep compiled Triton.
+- GPU (``-m gpu``): the compiled kernels at the reference shapes of issue #4 (smaller batches), fp32 and bf16
+  inputs, against the chunked path in float64, at DESIGN's tolerances; every check draws fresh inputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssmzoo.ops import directions, selective_scan
+from ssmzoo.ops.selective_scan import checks, reference
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}  # forward; gradients get twice as much
+
+
+def make_case(batch, Dm, N, G, spatial, routes, layout="channels_first", per_route_u=False, per_route_bc=True,
+              z=True, D=True, bias=True, init=False, softplus=True, dtype=torch.float32, device="cpu", seed=0):
+    """Public-API tensors for one call (fresh random values), in ``layout``."""
+    g = torch.Generator().manual_seed(seed)
+    K = routes.K
+    cl = layout == "channels_last"
+
+    def act(*feat, scale=1.0):
+        shape = (batch, *spatial, *feat) if cl else (batch, *feat, *spatial)
+        return (torch.randn(shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    delta = act(K, Dm, scale=0.5)
+    return dict(
+        u=act(K, Dm) if per_route_u else act(Dm),
+        delta=delta if softplus else delta.abs(),
+        A=(-torch.rand(K, Dm, N, generator=g) * 2 - 0.05).to(device),
+        B=act(K, G, N) if per_route_bc else act(G, N),
+        C=act(K, G, N) if per_route_bc else act(G, N),
+        D=torch.randn(K, Dm, generator=g).to(device) if D else None,
+        z=act(Dm) if z else None,
+        delta_bias=(torch.randn(K, Dm, generator=g) * 0.3).to(device) if bias else None,
+        initial_state=torch.randn(batch, K, Dm, N, generator=g).to(device) if init else None,
+    )
+
+
+def canonical(tensors, routes, layout):
+    return checks.canonicalize(*(tensors[n] for n in NAMES[:8]), routes, layout, tensors["initial_state"])
+
+
+def rel(a, b) -> float:
+    """max|a - b| / max|b| (DESIGN's measure); NaN anywhere fails."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def check_against(module, ref_fwd, ref_bwd, tensors, routes, layout, merge, softplus=True, ret=True,
+                  tol=1e-4):
+    """Run ``module`` (forward and backward) and the reference pair on float64 copies; assert both agree."""
+    c = canonical(tensors, routes, layout)
+    views = [getattr(c, n) for n in NAMES]
+    tail = (c.order, c.inverse, softplus, merge, c.channels_last)
+    out = module.selective_scan(*views, *tail, ret, ret, None)
+    c64 = canonical({n: (t.double() if t is not None else None) for n, t in tensors.items()}, routes, layout)
+    views64 = [getattr(c64, n) for n in NAMES]
+    ref = ref_fwd(*views64, *tail, ret, ret, None)
+    for name, got, want in zip(("out", "last_state", "states"), out, ref, strict=True):
+        if want is not None:
+            assert torch.isfinite(got).all(), f"{name}: unwritten or non-finite elements"
+            assert rel(got, want) < tol, f"{name}: relative error {rel(got, want):.2e}"
+    g = torch.Generator().manual_seed(1)
+    cot = [torch.randn(x.shape, generator=g).to(x.device) if x is not None else None for x in ref]
+    dy, dlast, dstates = cot
+    grads = module.selective_scan_backward(dy.to(out[0].dtype), dlast, dstates, *views, *tail, None)
+    want = ref_bwd(dy.double(), *(x.double() if x is not None else None for x in (dlast, dstates)), *views64,
+                   *tail, None)
+    for name, got, exp in zip(NAMES, grads, want, strict=True):
+        if exp is None:
+            assert got is None, name
+            continue
+        assert torch.isfinite(got).all(), f"d{name}: unwritten or non-finite elements"
+        assert rel(got, exp) < 2 * tol, f"d{name}: relative error {rel(got, exp):.2e}"
+
+
+def reference_backward(dy, dlast, dstates, *args):
+    """Gradients of the reference by autograd: the definition, differentiated."""
+    views, tail = list(args[:9]), args[9:]
+    leaves = [v.detach().requires_grad_() if v is not None else None for v in views]
+    out = reference.selective_scan(*leaves, *tail[:5], dlast is not None, dstates is not None, None)
+    loss = (out[0] * dy).sum()
+    if dlast is not None:
+        loss = loss + (out[1] * dlast).sum() + (out[2] * dstates).sum()
+    present = [x for x in leaves if x is not None]
+    computed = iter(torch.autograd.grad(loss, present))
+    return [next(computed) if x is not None else None for x in leaves]
+
+
+def reference_forward(*args):
+    return reference.selective_scan(*args)
+
+
+# Each case: (id, make_case kwargs, merge). Spatial sizes give routes of 2-3 tiles (MAX_T = 32 in the fixture).
+CASES = [
+    ("bidi-mean-z-init-states", dict(batch=2, Dm=4, N=3, G=1, spatial=(45,), routes=directions.bidi(45),
+                                     per_route_u=True, init=True), "mean"),
+    ("cross2d-groups-shared-u", dict(batch=1, Dm=4, N=2, G=2, spatial=(7, 6), routes=directions.cross2d(7, 6),
+                                     z=False), "sum"),
+    ("cross2d-channels-last-per-route-out", dict(batch=1, Dm=4, N=1, G=1, spatial=(5, 4),
+                                                 routes=directions.cross2d(5, 4), layout="channels_last",
+                                                 init=True), None),
+    ("permutations-per-sample-staged-bc", dict(batch=2, Dm=3, N=4, G=1, spatial=(20,),
+                                               routes=directions.concat(
+                                                   directions.forward(20),
+                                                   directions.permutation(torch.stack([torch.randperm(20),
+                                                                                       torch.randperm(20)]))),
+                                               layout="channels_last", per_route_u=True, per_route_bc=False),
+     "sum"),
+    ("no-softplus-odd-channels-shared-bc", dict(batch=1, Dm=5, N=5, G=1, spatial=(40,),
+                                                routes=directions.reverse(40), per_route_bc=False, D=False,
+                                                bias=False, softplus=False), "sum"),
+]
+
+
+BF16_CASE = dict(batch=1, Dm=4, N=4, G=1, spatial=(36,), routes=directions.bidi(36), per_route_u=True,
+                 dtype=torch.bfloat16)
+LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cross2d(9, 8), per_route_u=True,
+                  init=True)
+
+
+def run_interpreted_case(case_id: str) -> None:
+    """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    kernels.MAX_T, kernels.CL_STEPS = 32, 8  # several tiles at tiny L
+    if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
+        check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
+                      BF16_CASE["routes"], "channels_first", "sum", ret=False, tol=1e-2)
+        return
+    if case_id == "large":
+        check_against(kernels, reference_forward, reference_backward, make_case(**LARGE_CASE),
+                      LARGE_CASE["routes"], "channels_first", "mean")
+        return
+    case, merge = next((dict(c[1]), c[2]) for c in CASES if c[0] == case_id)
+    softplus = case.pop("softplus", True)
+    check_against(kernels, reference_forward, reference_backward, make_case(**case, softplus=softplus),
+                  case["routes"], case.get("layout", "channels_first"), merge or "none", softplus=softplus)
+
+
+def interpret(case_ids: list[str]) -> dict[str, str]:
+    """Run cases in a subprocess under TRITON_INTERPRET=1 (NaN poisoning on): {case id: "" or the failure}."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
+    env = dict(os.environ, TRITON_INTERPRET="1", SSMZOO_POISON="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, __file__, *case_ids], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def interpreted_results():
+    return interpret([c[0] for c in CASES] + ["bf16"])
+
+
+@pytest.mark.parametrize("case_id", [c[0] for c in CASES] + ["bf16"])
+def test_interpreted_matches_reference(interpreted_results, case_id):
+    assert interpreted_results[case_id] == ""
+
+
+@pytest.mark.slow
+def test_interpreted_large_grid_every_option():
+    assert interpret(["large"])["large"] == ""
+
+
+def test_route_kinds_are_index_arithmetic():
+    from ssmzoo.ops.selective_scan import triton as kernels  # compiled module: only host code runs here
+
+    def kinds(routes):
+        return kernels.route_kinds(routes.index("cpu")[0])
+
+    assert kinds(directions.cross2d(6, 5)) == ((0, 1, 0, 1), (False, False, True, True), 6, 5)
+    assert kinds(directions.bidi(9)) == ((0, 0), (False, True), 1, 9)
+    assert kinds(directions.permutation(torch.tensor([2, 0, 1])))[0] == (2,)
+    per_sample = directions.permutation(torch.stack([torch.arange(4), torch.arange(4).flip(0)]))
+    assert kinds(per_sample)[0] == (2,)
+
+
+def test_bad_input_errors():
+    from ssmzoo.ops.selective_scan import triton as kernels  # compiled: CPU tensors are refused
+
+    tensors = make_case(batch=1, Dm=2, N=1, G=1, spatial=(4,), routes=directions.forward(4))
+    c = canonical(tensors, directions.forward(4), "channels_first")
+    args = [getattr(c, n) for n in NAMES] + [c.order, c.inverse, True, "sum", False, False, False, None]
+    with pytest.raises(ValueError, match="CUDA"):
+        kernels.selective_scan(*args)
+    args[0] = args[0].to(torch.int32)
+    with pytest.raises(ValueError, match="int32"):
+        kernels.selective_scan(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: compiled kernels at the reference shapes
+# ---------------------------------------------------------------------------------------------------------------
+
+GPU_CASES = {
+    # VMamba-T stage 1: 4 cross-scan routes, N = 1, shared u, per-route delta/B/C, no z
+    "vmamba-t-s1": (dict(batch=2, Dm=192, N=1, G=1, spatial=(56, 56), routes=directions.cross2d(56, 56),
+                         z=False), "sum"),
+    "vmamba-t-s1-channels-last": (dict(batch=2, Dm=192, N=1, G=1, spatial=(56, 56),
+                                       routes=directions.cross2d(56, 56), z=False, layout="channels_last"), "sum"),
+    # Vim-S: forward + reverse, per-route u and parameters, z gate, mean merge
+    "vim-s": (dict(batch=2, Dm=768, N=16, G=1, spatial=(197,), routes=directions.bidi(197), per_route_u=True),
+              "mean"),
+    # dual-path Mamba-M layer: intra (L = 250) and inter (L = 34) passes
+    "dpmamba-intra": (dict(batch=4, Dm=512, N=16, G=1, spatial=(250,), routes=directions.bidi(250),
+                           per_route_u=True), "sum"),
+    "dpmamba-inter": (dict(batch=16, Dm=512, N=16, G=1, spatial=(34,), routes=directions.bidi(34),
+                           per_route_u=True, init=True), "sum"),
+}
+
+gpu = pytest.mark.gpu
+
+
+def _chunked():
+    from ssmzoo.ops.selective_scan import chunked
+    return chunked
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_gpu_matches_chunked_float64(name, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    case, merge = GPU_CASES[name]
+    case = dict(case)
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    tensors = make_case(**case, dtype=dtype, device="cuda", seed=seed)
+    chunked = _chunked()
+    check_against(kernels, chunked.selective_scan, chunked.selective_scan_backward, tensors, case["routes"],
+                  case.get("layout", "channels_first"), merge, ret=name == "dpmamba-inter", tol=TOL[dtype])
+
+
+@gpu
+def test_gpu_public_op_dispatches_to_triton_with_autograd(monkeypatch):
+    """selective_scan on CUDA tensors runs the Triton kernels (no fallback warning) and backpropagates."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from ssmzoo.ops.selective_scan import backend_name
+
+    assert backend_name(torch.device("cuda")) == "triton"
+    routes = directions.cross2d(14, 14)
+    kw = make_case(batch=2, Dm=64, N=4, G=1, spatial=(14, 14), routes=routes, device="cuda",
+                   seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    results = {}
+    for backend in ("triton", "chunked"):
+        monkeypatch.setenv("SSMZOO_BACKEND", backend)
+        leaves = {n: t.detach().clone().requires_grad_() if t is not None else None for n, t in kw.items()}
+        out = selective_scan(**leaves, routes=routes, merge="sum")
+        out.backward(torch.ones_like(out))
+        results[backend] = (out.detach(), leaves["u"].grad, leaves["B"].grad)
+    for got, want in zip(results["triton"], results["chunked"], strict=True):
+        assert rel(got, want) < 2e-4
+
+
+if __name__ == "__main__":  # the interpreter subprocess of ``interpret``
+    results = {}
+    for case_id in sys.argv[1:]:
+        try:
+            run_interpreted_case(case_id)
+            results[case_id] = ""
+        except AssertionError as err:
+            results[case_id] = str(err) or "assertion failed"
+    print(json.dumps(results))
