@@ -14,6 +14,9 @@ is resampled to the model's and the estimates back to the input's (``torchaudio.
 shorter than the model's receptive field is zero-padded and the estimates cropped; all-zero input gives all-zero
 estimates; empty input, NaN / Inf samples, missing or undecodable files raise errors that say so.
 
+Estimates are rescaled so that they add up to the mixture (:func:`fit_to_mixture`): an SI-SNR-trained model's
+output gain is arbitrary.
+
 Long inputs (more than ``chunk_seconds``, 30 s by default) are separated in overlapping windows: each window's
 speaker order is aligned to the previous one by permutation-invariant SI-SNR on their overlap (as Asteroid's
 ``LambdaOverlapAdd(reorder_chunks=True)``), and the overlap is cross-faded with a raised cosine. Memory then stays
@@ -41,7 +44,7 @@ from torchmetrics.functional.audio import (
 
 from ssmzoo.tasks.separation_data import read_audio, resample
 
-__all__ = ["DEFAULT_MODEL", "Separator", "pit_si_snr_loss", "separation_metrics"]
+__all__ = ["DEFAULT_MODEL", "Separator", "fit_to_mixture", "pit_si_snr_loss", "separation_metrics"]
 
 DEFAULT_MODEL = "dpmamba_xs.tts2mix"
 
@@ -85,6 +88,28 @@ def separation_metrics(est: torch.Tensor, ref: torch.Tensor, mix: torch.Tensor, 
         out["sdr"] = signal_distortion_ratio(est, ref).mean(-1)
         out["sdri"] = out["sdr"] - signal_distortion_ratio(mix, ref).mean(-1)
     return out
+
+
+def fit_to_mixture(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Rescale (S, T) estimates so that ``sum_s g_s est_s`` is the least-squares fit of the (T,) mixture.
+
+    A model trained with a scale-invariant loss (SI-SNR) outputs each source at an arbitrary gain; since the true
+    sources add up to the mixture, the per-source gains that best rebuild it put the estimates back at the
+    mixture's level (and keep consecutive windows of a long input at one level). When that fit is degenerate (a
+    silent estimate, or a gain <= 0 from near-identical estimates), one gain common to all sources is used.
+    """
+    e = est.double()
+    gram = e @ e.T  # (S, S)
+    rhs = e @ mix.double()
+    ridge = 1e-9 * gram.diagonal().max().clamp_min(1e-30) * torch.eye(len(e), dtype=e.dtype)
+    try:
+        gains = torch.linalg.solve(gram + ridge, rhs)
+    except RuntimeError:
+        gains = torch.zeros(len(e), dtype=e.dtype)
+    if not torch.isfinite(gains).all() or (gains <= 0).any():
+        total = e.sum(0)
+        gains = (total @ mix.double() / (total @ total).clamp_min(1e-30)).clamp_min(0).expand(len(e))
+    return (e * gains[:, None]).to(est.dtype)
 
 
 def _as_mono(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -153,13 +178,17 @@ class Separator:
         """The model on a (B, T) batch at the model's rate, in one pass: (B, S, T) float32 on the CPU."""
         return self.model(mix.to(self.device, torch.float32)).float().cpu()
 
+    def _window(self, mix: torch.Tensor) -> torch.Tensor:
+        """(T,) -> (S, T) estimates of one window, rescaled to add up to the mixture (see :func:`fit_to_mixture`)."""
+        return fit_to_mixture(self.separate_batch(mix[None])[0], mix)
+
     def _separate_long(self, mix: torch.Tensor) -> torch.Tensor:
         """(T,) at the model's rate -> (S, T): whole when short, else aligned, cross-faded windows."""
         T = mix.shape[-1]
         if T < self.min_samples:  # shorter than the receptive field: pad, separate, crop
-            return self.separate_batch(torch.nn.functional.pad(mix, (0, self.min_samples - T))[None])[0, :, :T]
+            return self._window(torch.nn.functional.pad(mix, (0, self.min_samples - T)))[:, :T]
         if T <= self.chunk:
-            return self.separate_batch(mix[None])[0]
+            return self._window(mix)
         hop = self.chunk - self.overlap
         starts = list(range(0, T - self.overlap, hop))
         out = torch.zeros(self.num_spks, T)
@@ -170,7 +199,7 @@ class Separator:
             stop = min(start + self.chunk, T)
             if stop - start < self.min_samples:
                 start = max(0, stop - self.min_samples)
-            est = self.separate_batch(mix[None, start:stop])[0]  # (S, stop - start)
+            est = self._window(mix[start:stop])  # (S, stop - start)
             if i == 0:
                 out[:, start:stop] = est
             else:
@@ -253,6 +282,9 @@ def _write_atomic(path: Path, wav: np.ndarray, rate: int) -> Path:
     os.close(fd)
     try:
         sf.write(tmp, wav, rate, subtype="PCM_16", format="WAV")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

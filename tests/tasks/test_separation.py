@@ -115,3 +115,16 @@ def test_loss_is_permutation_invariant_and_metrics_improve_on_the_mixture():
     metrics = separation_metrics(est.flip(1), ref, ref.sum(1))
     assert set(metrics) == {"si_snr", "si_snri", "sdr", "sdri"}
     assert (metrics["si_snri"] > 15).all() and (metrics["sdri"] > 15).all()
+
+
+def test_estimates_are_refitted_to_the_mixture_level():
+    from ssmzoo.tasks.separation import fit_to_mixture
+
+    torch.manual_seed(0)
+    s = torch.randn(2, 4000)
+    mix = s.sum(0)
+    fitted = fit_to_mixture(torch.stack([3.0 * s[0], 0.2 * s[1]]), mix)  # arbitrary per-source gains
+    torch.testing.assert_close(fitted, s, atol=1e-5, rtol=0)
+    same = fit_to_mixture(torch.stack([mix, mix]), mix)  # degenerate: one shared gain
+    torch.testing.assert_close(same, torch.stack([mix, mix]) / 2, atol=1e-5, rtol=0)
+    assert fit_to_mixture(torch.zeros(2, 100), torch.zeros(100)).abs().max() == 0
