@@ -23,9 +23,12 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=1e-4, by_epoch=False, begin=10, end=200, T_max=190),
 ]
 train_cfg = dict(_delete_=True, type='SeededIterBasedTrainLoop', max_iters=200, val_interval=100)
-custom_hooks = [dict(type='ParamSyncCheckHook', interval=1)]  # no EMA; checks ranks agree under DDP
+custom_hooks = [
+    dict(type='EMAHook', momentum=0.1, priority='ABOVE_NORMAL'),  # validation sees the EMA weights
+    dict(type='ParamSyncCheckHook', interval=1),  # checks the ranks agree under DDP
+]
 default_hooks = dict(
-    logger=dict(interval=1),
+    logger=dict(interval=1, log_metric_by_epoch=False),
     checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2, save_best=None))
 log_processor = dict(by_epoch=False, window_size=1)
 auto_scale_lr = dict(base_batch_size=8)

@@ -19,6 +19,7 @@ from mmengine.registry import MODELS
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from ssmzoo import create_model
 from ssmzoo.tasks.segmentation import UperNet
 
 __all__ = ["ImageClassifier", "SegDataPreprocessor", "Segmentor"]
@@ -44,8 +45,6 @@ class ImageClassifier(BaseModel):
                  topk: Sequence[int] = (1, 5), data_preprocessor: dict | nn.Module | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        from ssmzoo import create_model
-
         cfg = dict(model)
         if "name" not in cfg:
             raise KeyError(f"model config needs a 'name' (an ssmzoo model name), got keys {sorted(cfg)}")

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmzoo import create_model
+
 __all__ = ["ConvModule", "FCNHead", "MultiScaleNeck", "UPerHead", "UperNet", "seg_cross_entropy", "slide_inference"]
 
 
@@ -269,8 +271,6 @@ class UperNet(nn.Module):
 
 def build_backbone(cfg: dict[str, Any]) -> nn.Module:
     """``dict(name=..., **kwargs)`` -> ``ssmzoo.create_model(name, features_only=True, **kwargs)``."""
-    from ssmzoo import create_model  # the package root imports every family; keep this module importable alone
-
     cfg = dict(cfg)
     if "name" not in cfg:
         raise KeyError(f"backbone config needs a 'name' (an ssmzoo model name), got keys {sorted(cfg)}")

@@ -36,14 +36,14 @@ def _run(tool: str, *args: str, timeout: int = 300) -> subprocess.CompletedProce
     return subprocess.run(_cmd(tool, *args), env=_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def _losses(work_dir: Path) -> dict[int, float]:
-    """Per-iteration training loss of every run logged under ``work_dir`` (mmengine's vis_data/scalars.json)."""
+def _scalars(work_dir: Path, key: str) -> dict[int, float]:
+    """``key`` by step, over every run logged under ``work_dir`` (mmengine's vis_data/scalars.json)."""
     out = {}
     for path in sorted(work_dir.glob("*/vis_data/scalars.json")):
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            if "loss" in record:
-                out[record["step"]] = record["loss"]
+            if key in record:
+                out[record["step"]] = record[key]
     return out
 
 
@@ -54,7 +54,7 @@ def imagenet(tmp_path_factory) -> Path:
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_run(imagenet, tmp_path):
     """Kill a run with SIGKILL after its first checkpoint, resume it: the losses after the checkpoint are those
-    of a run that never stopped (same data order, augmentation, mixup draws, optimizer and lr schedule)."""
+    of a run that never stopped (same data order, augmentation, mixup draws, optimizer, lr schedule, EMA)."""
     opts = ["--data-root", str(imagenet), "--cfg-options", "train_cfg.max_iters=7", "train_cfg.val_interval=3",
             "default_hooks.checkpoint.interval=2"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
@@ -75,10 +75,12 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(imagenet, tmp_path):
     result = _run("train.py", CLS_CFG, "--work-dir", str(broken), "--resume", *opts)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed epoch: 0, iter: {resumed_from}" in result.stdout + result.stderr
-    expected, got = _losses(whole), _losses(broken)
+    expected, got = _scalars(whole, "loss"), _scalars(broken, "loss")
     assert sorted(expected) == list(range(1, 8))
     for step in range(resumed_from + 1, 8):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    # the final validation runs on the EMA weights: the EMA state resumed as well
+    assert _scalars(broken, "accuracy/top1")[7] == _scalars(whole, "accuracy/top1")[7]
 
 
 def test_torchrun_gloo_two_processes_keep_identical_weights(imagenet, tmp_path):
