@@ -451,7 +451,7 @@ _RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/"
 def _cfg(url: str | None = None, **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "min_input_size": (3, 64, 64), "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
+        "min_input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.conv1", "classifier": "head.fc", "checkpoint_key": "model",
         "sha256": None, "license": "mit", "paper_ids": "arXiv:2401.10166",
         "paper_name": "VMamba: Visual State Space Model", "origin_url": "https://github.com/MzeroMiko/VMamba",
@@ -469,7 +469,7 @@ default_cfgs = generate_default_cfgs({
     "vmamba_vanilla_tiny.in1k": _cfg(_RELEASE + "%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth"),
     "vmamba_vanilla_small.in1k": _cfg(_RELEASE + "%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth"),
     "vmamba_vanilla_base.in1k": _cfg(_RELEASE + "%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth"),
-    "test_vmamba.untrained": _cfg(input_size=(3, 48, 64), pool_size=(2, 2), min_input_size=(3, 32, 32),
+    "test_vmamba.untrained": _cfg(input_size=(3, 48, 64), pool_size=(2, 2),
                                   license=None, paper_ids=None, paper_name=None, origin_url=None),
 })
 
