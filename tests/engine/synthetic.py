@@ -4,12 +4,15 @@
 - ADE20K layout ``<root>/{images,annotations}/{training,validation}``: JPEG images of noisy grey background
   (label 0, "unlabelled", ignored after reduce-zero-label) with rectangles of 4 classes (labels 1..4), each class
   its own colour; PNG label maps.
+- wsj0-2mix layout ``<root>/{tr,cv,tt}/{mix,s1,s2}/*.wav`` (8 kHz): each source a harmonic tone of its own
+  pitch with a random envelope, the mixture their sum.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 220], [230, 210, 40]], dtype=np.float32)
@@ -57,4 +60,25 @@ def make_ade(root: Path, n_train: int = 12, n_val: int = 4, size: tuple[int, int
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / split / f"{name}.jpg",
                                                                         quality=95)
             Image.fromarray(label).save(root / "annotations" / split / f"{name}.png")
+    return root
+
+
+def make_wsj0mix(root: Path, counts: dict[str, int] | None = None, seconds: float = 1.0, sample_rate: int = 8000,
+                 seed: int = 0) -> Path:
+    """Write the separation folder; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    for split, n in (counts or {"tr": 4, "cv": 2, "tt": 2}).items():
+        for folder in ("mix", "s1", "s2"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            sources = []
+            for _ in range(2):
+                f0 = rng.uniform(100, 400)
+                wave = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.3)) / k for k in range(1, 5))
+                envelope = np.interp(t, np.linspace(0, seconds, 6), rng.uniform(0.2, 1.0, 6))
+                sources.append(0.2 * wave * envelope)
+            name = f"mix_{i:03d}.wav"
+            for folder, wav in (("s1", sources[0]), ("s2", sources[1]), ("mix", sources[0] + sources[1])):
+                sf.write(root / split / folder / name, wav.astype(np.float32), sample_rate, subtype="PCM_16")
     return root

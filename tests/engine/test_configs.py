@@ -62,3 +62,16 @@ def test_config_models_build(name):
     disable_pretrained(cfg)
     model = MODELS.build(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 1e6
+
+
+def test_dpmamba_wsj0mix_is_the_mamba_tasnet_recipe():
+    cfg = Config.fromfile(CONFIGS / "dpmamba" / "dpmamba_s_wsj0-2mix.py")
+    opt = cfg.optim_wrapper
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay, opt.clip_grad.max_norm) == (
+        "Adam", 1.5e-4, 0.0, 5.0)
+    warmup, cosine = cfg.param_scheduler
+    assert (warmup.end, cosine.eta_min_ratio, cosine.end, cfg.train_cfg.max_epochs) == (20000, 0.01, 200, 200)
+    train = cfg.train_dataloader
+    assert (train.batch_size, train.dataset.type, train.dataset.speed_perturb) == (
+        1, "DynamicMixFolder", (0.95, 1.0, 1.05))
+    assert cfg.model.loss_threshold == -40.0 and cfg.test_evaluator.sdr

@@ -1,0 +1,3 @@
+# DPMamba-M on WSJ0-2mix (official hparams/WSJ0Mix/dpmamba_M.yaml): the DPMamba-S recipe.
+_base_ = ['./dpmamba_s_wsj0-2mix.py']
+model = dict(model=dict(name='dpmamba_m'))
