@@ -8,7 +8,7 @@ configuration (used by the parity tests of ``tests/models/test_contract.py``).
 from ._builder import build_model, pretrained_tags
 from ._registry import ZooPretrainedCfg, generate_default_cfgs, list_models, register_model, suggest_models
 
-# Family modules, one import each (keep sorted).
+# Family modules, one import each (keep sorted); they come after the helpers they import.
 from . import dpmamba  # noqa: F401
 from . import vim  # noqa: F401
 from . import vmamba  # noqa: F401
