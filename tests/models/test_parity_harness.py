@@ -1,5 +1,6 @@
 """The parity comparison itself must be able to fail: checked on a synthetic fixture."""
 import torch
+
 from models.parity import parity_failures
 
 
@@ -9,7 +10,9 @@ def _fixture():
         "official_repo": "x/y", "input": torch.randn(2, 3, generator=g), "state_dict": {"w": torch.ones(1)},
         "output": torch.randn(2, 10, generator=g),
         "stage_outputs": [torch.randn(2, 4, generator=g), torch.randn(2, 8, generator=g)],
-        "block_outputs": [{"hidden_states": torch.randn(2, 5, generator=g), "residual": torch.randn(2, 5, generator=g)}],
+        "block_outputs": [
+            {"hidden_states": torch.randn(2, 5, generator=g), "residual": torch.randn(2, 5, generator=g)}
+        ],
         "cls_token_index": 8,
     }
 

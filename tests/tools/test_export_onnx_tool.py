@@ -3,7 +3,6 @@ import importlib.util
 from pathlib import Path
 
 import onnx
-import pytest
 import torch
 
 from ssmzoo.models import build_model, generate_default_cfgs, register_model
