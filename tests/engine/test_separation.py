@@ -20,7 +20,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sep_test_dp
 
 @pytest.fixture(scope="module")
 def wsj0mix(tmp_path_factory) -> Path:
-    return make_wsj0mix(tmp_path_factory.mktemp("wsj0mix"))
+    return make_wsj0mix(tmp_path_factory.mktemp("wsj0mix"), seconds=0.6)
 
 
 def test_tiny_separation_config_trains_and_tests(wsj0mix, tmp_path):
