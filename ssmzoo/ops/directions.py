@@ -22,13 +22,15 @@ so a sum merge of the four cross-scan outputs y0..y3 (each in route order) equal
 route-ordered copies these maps describe.
 
 Constructors are cached (models call them in every forward with the same H, W) and their index maps are cached per
-device, so building routes costs a dictionary lookup after the first call.
+device, so building routes costs a dictionary lookup after the first call. The cached maps are built with numpy so
+that a first call made while torch.export traces (under a fake-tensor mode) still caches real tensors.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,49 +41,66 @@ class Routes:
     """K scan routes over L positions (see the module docstring).
 
     Args:
-        order: int64 (K, L) or (B, K, L); each row a permutation of range(L).
+        order: int64 (K, L) or (B, K, L), a tensor or (constant routes made by this module) a numpy array; each
+            row a permutation of range(L).
         names: K route names, for messages and repr.
         grid: (H, W) when the routes are defined on a row-major H x W grid, else None.
-        inverse: the inverse permutations, same shape as ``order``; computed when None.
+        inverse: the inverse permutations, same shape and kind as ``order``; computed when None.
     """
 
-    def __init__(self, order: Tensor, names: tuple[str, ...], grid: tuple[int, int] | None = None,
-                 inverse: Tensor | None = None):
-        if order.dtype != torch.int64 or order.dim() not in (2, 3):
+    def __init__(self, order: Tensor | np.ndarray, names: tuple[str, ...], grid: tuple[int, int] | None = None,
+                 inverse: Tensor | np.ndarray | None = None):
+        if isinstance(order, Tensor) and (order.dtype != torch.int64 or order.dim() not in (2, 3)):
             raise ValueError(f"Routes: order must be int64 of shape (K, L) or (B, K, L), got {order.dtype} "
                              f"{tuple(order.shape)}")
         if len(names) != order.shape[-2]:
             raise ValueError(f"Routes: {len(names)} names for {order.shape[-2]} routes")
         if grid is not None and grid[0] * grid[1] != order.shape[-1]:
             raise ValueError(f"Routes: grid {grid} does not have L={order.shape[-1]} positions")
-        self.order = order
-        self.inverse = invert(order) if inverse is None else inverse
+        if inverse is None:
+            inverse = np.argsort(order, axis=-1) if isinstance(order, np.ndarray) else invert(order)
+        # Constant routes keep numpy arrays and make tensors on demand: a tensor made while torch.export traces
+        # is a fake tensor, and must not outlive that trace in a cache.
+        self._maps = (order, inverse)
         self.names = tuple(names)
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @property
+    def order(self) -> Tensor:
+        """(K, L) or (B, K, L) int64: order[..., k, t] = the natural position visited by route k at step t."""
+        return _tensor(self._maps[0])
+
+    @property
+    def inverse(self) -> Tensor:
+        """Same shape: inverse[..., k, p] = the step at which route k visits natural position p."""
+        return _tensor(self._maps[1])
+
+    @property
     def K(self) -> int:
-        return self.order.shape[-2]
+        return self._maps[0].shape[-2]
 
     @property
     def L(self) -> int:
-        return self.order.shape[-1]
+        return self._maps[0].shape[-1]
 
     @property
     def per_batch(self) -> bool:
         """True when every sample has its own routes (order of shape (B, K, L))."""
-        return self.order.dim() == 3
+        return self._maps[0].ndim == 3
 
     def index(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
         """(order, inverse) as (Bi, K, L) int64 tensors on ``device``, Bi = B for per-sample routes else 1."""
         device = torch.device(device)
-        if device not in self._on_device:
-            order, inverse = self.order, self.inverse
-            if not self.per_batch:
-                order, inverse = order.unsqueeze(0), inverse.unsqueeze(0)
-            self._on_device[device] = (order.to(device), inverse.to(device))
-        return self._on_device[device]
+        if device in self._on_device:
+            return self._on_device[device]
+        order, inverse = self.order, self.inverse
+        if not self.per_batch:
+            order, inverse = order.unsqueeze(0), inverse.unsqueeze(0)
+        maps = (order.to(device), inverse.to(device))
+        if not torch.compiler.is_compiling():  # made while tracing, it may be a fake tensor: never keep it
+            self._on_device[device] = maps
+        return maps
 
     def to_route(self, x: Tensor, k: int, dim: int = -1) -> Tensor:
         """x with its L positions along ``dim`` (natural order) rearranged into the visiting order of route k.
@@ -103,6 +122,10 @@ class Routes:
         return f"Routes({', '.join(self.names)}; {where}{batch})"
 
 
+def _tensor(x: Tensor | np.ndarray) -> Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
 def invert(order: Tensor) -> Tensor:
     """Inverse permutations of the rows of ``order`` (..., L): inverse[..., order[..., t]] = t."""
     steps = torch.arange(order.shape[-1], device=order.device).expand_as(order)
@@ -119,15 +142,15 @@ def _take(x: Tensor, rows: Tensor, dim: int) -> Tensor:
     return torch.take_along_dim(x, rows.reshape(shape).to(x.device), dim=dim)
 
 
-def _grid_route(name: str, H: int, W: int) -> Tensor:
-    t = torch.arange(H * W)
+def _grid_route(name: str, H: int, W: int) -> np.ndarray:
+    t = np.arange(H * W, dtype=np.int64)
     if name in ("row", "row_rev"):
         pos = t
     elif name in ("col", "col_rev"):
         pos = (t % H) * W + t // H
     else:
         raise ValueError(f"grid route name must be one of {GRID_ROUTES}, got {name!r}")
-    return pos.flip(0) if name.endswith("_rev") else pos
+    return pos[::-1] if name.endswith("_rev") else pos
 
 
 @functools.lru_cache(maxsize=256)
@@ -135,7 +158,7 @@ def grid(H: int, W: int, names: tuple[str, ...] = GRID_ROUTES) -> Routes:
     """Routes on a row-major H x W grid, one per name in ``names`` (each from ``GRID_ROUTES``)."""
     if H < 1 or W < 1:
         raise ValueError(f"grid: H and W must be positive, got H={H}, W={W}")
-    return Routes(torch.stack([_grid_route(n, H, W) for n in names]), tuple(names), grid=(H, W))
+    return Routes(np.stack([_grid_route(n, H, W) for n in names]), tuple(names), grid=(H, W))
 
 
 def cross2d(H: int, W: int) -> Routes:
@@ -157,9 +180,9 @@ def unidi2d(H: int, W: int) -> Routes:
 def _line(L: int, names: tuple[str, ...]) -> Routes:
     if L < 1:
         raise ValueError(f"routes need L >= 1, got L={L}")
-    t = torch.arange(L)
-    maps = {"forward": t, "reverse": t.flip(0)}
-    return Routes(torch.stack([maps[n] for n in names]), names)
+    t = np.arange(L, dtype=np.int64)
+    maps = {"forward": t, "reverse": t[::-1]}
+    return Routes(np.stack([maps[n] for n in names]), names)
 
 
 def forward(L: int) -> Routes:

@@ -37,6 +37,11 @@ class Case:
     spatial: tuple[int, ...]
     n_feat: dict[str, int] = field(default_factory=dict)  # feature dims before the spatial dims, per activation
 
+    def to(self, dtype: torch.dtype) -> Case:
+        """The same case with every tensor in ``dtype`` (e.g. the float64 truth of a float32 case)."""
+        tensors = {n: None if x is None else x.to(dtype) for n, x in self.tensors.items()}
+        return Case(tensors, self.routes, self.merge, self.spatial, self.n_feat)
+
     def kwargs(self, layout: str, dtype: torch.dtype | None = None, requires_grad: bool = False) -> dict:
         """Arguments for selective_scan; activations cast to ``dtype`` and laid out channels-last when asked
         (built as contiguous channels-last tensors, so no caller-side copy is involved)."""

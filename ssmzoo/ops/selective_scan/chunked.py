@@ -1,20 +1,32 @@
 """Parallel pure-PyTorch selective scan: fast on the CPU and exportable to ONNX. Same contract as ``reference``,
 plus an analytic backward (``selective_scan_backward``) that the ``torch.library`` op calls.
 
-The routes are applied by gathering every input into route order once (``take_along_dim``; outputs and gradients
-are gathered back with the inverse maps). The L steps are cut into nc chunks of T steps and scanned with a
-reduce-then-scan scheme, each pass running its T steps for all chunks at once:
+The L steps of every route are cut into nc chunks of T steps and scanned with a reduce-then-scan scheme whose
+passes run their T steps for all chunks (and batches, routes, channels, states) at once:
 
-1. reduce: the state each chunk reaches from a zero state (nothing stored per step);
+1. reduce: the state each chunk reaches from a zero state;
 2. carries: the state entering chunk c + 1 is exp(A * sum of dt over chunk c) * (state entering c) + reduced_c,
    starting from initial_state (nc steps on (B, K, D, N) states);
-3. scan: every chunk again from its carry, emitting y_t = C_t . h_t (or h_t).
+3. scan: every chunk again from its carry, emitting y_t = C_t . h_t (and h_t when asked).
 
-The backward runs the same three passes in reverse time for the adjoint state. The only exponents are dt * A and
-sums of them, all <= 0 (A <= 0, dt >= 0), so nothing overflows at any L or delta, and no decay is formed as a
-difference of cumulative sums (no cancellation at large delta). The work is linear in L, the (B, K, D, L, N)
-tensors are touched a handful of times, and the Python loops run 2T + nc ~ 2.8 sqrt(L) short steps. Those loops
-unroll in traced graphs: an exported graph is specialised to its sequence length (export with static shapes).
+The backward recomputes the states, runs the adjoint recurrence the same way in reverse time, then forms every
+gradient with a handful of block-wide operations.
+
+Why this shape: Mamba-1 has one decay per (channel, state), so the recurrence does not reduce to matrix
+products; its cost is a few elementwise operations per (b, k, d, l, n), and on a CPU what counts is the number of
+PyTorch calls and passes over memory. Steps are handled in blocks of Tb: one call forms exp(dt * A), one dt * u * B
+for the whole block (step-major, channels innermost: long contiguous loops), then the recurrence is one fused
+multiply-add per step written into the block in place, so the block ends up holding its states; contractions over
+N or over a group's channels are batched matrix products. ``plan`` sizes nc and Tb from the state size per step.
+Routes cost one gather per input and output (rows of channels, ``index`` = the route's order, padded to nc * T;
+padded steps are masked to dt = 0 and u = 0, which leaves the state unchanged).
+
+The only exponents are dt * A and sums of them, all <= 0 (A <= 0, dt >= 0): nothing overflows at any L or delta,
+and no decay is formed as a difference of cumulative sums (no cancellation at large delta).
+
+The forward writes into its temporaries in place, so it is not meant to be differentiated by autograd (the op's
+backward is ``selective_scan_backward``); tracing it for export is fine. Its Python loops unroll in traced graphs:
+an exported graph is specialised to its sequence length (export with static L / H x W; the batch may be dynamic).
 """
 
 from __future__ import annotations
@@ -28,114 +40,185 @@ from torch import Tensor
 
 from ssmzoo.ops.selective_scan.common import compute_dtype, epilogue
 
-
-def chunk_length(L: int) -> int:
-    """T minimising the 2T + ceil(L / T) sequential steps of one direction's three passes."""
-    return max(1, round(math.sqrt(L / 2)))
+STEP_ELEMENTS = 1 << 14  # aim for one step's state over all chunks, B*K*D*N*nc, of at least this many entries
+BLOCK_ELEMENTS = 1 << 17  # and for blocks of Tb steps of about this many (a few such operands stay in cache)
 
 
-def _routed(x: Tensor, order: Tensor) -> Tensor:
-    """x (B, Kx, *f, L) in natural order -> (B, K, *f, L) in route order (Kx = 1 broadcasts to K).
+def plan(L: int, elements: int) -> tuple[int, int, int]:
+    """(T, nc, Tb) for L steps with ``elements`` = B * K * D * N state entries per step: nc chunks of T steps
+    (nc <= sqrt(L); one chunk when a step's state is large enough alone), blocks of Tb steps."""
+    nc = min(max(1, -(-STEP_ELEMENTS // elements)), max(1, math.isqrt(L)))
+    T = -(-L // nc)
+    nc = -(-L // T)
+    return T, nc, min(T, max(1, BLOCK_ELEMENTS // (nc * elements)))
 
-    An explicit expand + gather rather than take_along_dim: its implicit broadcast would pin a symbolic batch
-    size during export, and it wraps negative indices we never have."""
-    shape = (x.shape[0], order.shape[1], *x.shape[2:-1], order.shape[-1])
-    index = order.reshape(*order.shape[:2], *([1] * (x.dim() - 3)), order.shape[-1]).expand(shape)
-    return torch.gather(x.expand(shape), -1, index)
+
+def _gather_rows(rows: Tensor, index: Tensor) -> Tensor:
+    """rows (B, Kx, L, *f) -> (B, K, L', *f), row t of route k = rows[:, k or 0, index[:, k, t]].
+
+    One index_select of whole rows (contiguous runs of *f) over the flattened (B, Kx, L): far faster on the CPU
+    than an element-wise gather, and exportable with a dynamic batch."""
+    batch, Kx, L = rows.shape[:3]
+    K = index.shape[1]
+    base = torch.arange(batch, device=rows.device)[:, None] * Kx
+    if Kx > 1:
+        base = base + torch.arange(K, device=rows.device)
+    flat = (index + (base * L)[:, :, None]).flatten()
+    picked = rows.reshape(batch * Kx * L, -1).index_select(0, flat)
+    return picked.view(batch, K, index.shape[2], *rows.shape[3:])
 
 
-def _natural(x: Tensor, inverse: Tensor, shared: bool) -> Tensor:
-    """Route-order x (B, K, *f, L) back to natural order; summed over routes when the input was shared."""
-    x = _routed(x, inverse)
-    return x.sum(1, keepdim=True) if shared else x
+def _rows(x: Tensor) -> Tensor:
+    """Canonical (B, K, *f, L) -> the view (B, K, L, *f)."""
+    return x.movedim(-1, 2)
+
+
+def _natural(rows: Tensor, inverse: Tensor, shared: bool) -> Tensor:
+    """Route-order rows (B, K, L', *f) -> canonical natural order (B, K or 1, *f, L), summed over the routes when
+    the input was shared."""
+    x = _gather_rows(rows, inverse)
+    return (x.sum(1, keepdim=True) if shared else x).movedim(2, -1)
 
 
 @dataclass
 class _Chunks:
-    """One call's inputs in route order and chunk layout: full tensors are (B, K, G, Dg, nc, T, N)."""
+    """One call's inputs in route order, step-major: ``x[t0:t1]`` is steps t0..t1-1 of every chunk.
+
+    States are (B, K, G, nc, N, Dg), channels innermost. Per channel (T, B, K, G, nc, 1, Dg): dt, u, du = dt * u
+    (dt and du are 0 on padded steps). Per group (T, B, K, G, nc, N, 1): B, C. A: (1, Ka, G, 1, N, Dg).
+    chunk_decay: exp(A * sum of dt over each chunk), (B, K, G, nc, N, Dg), when nc > 1. x: delta + delta_bias
+    before the softplus as route-order rows (B, K, nc * T, D). valid: 1 on real steps, 0 on padded ones,
+    (nc * T,), None without padding. index: the routes' order padded to (Bi, K, nc * T).
+    """
 
     L: int
     T: int
     nc: int
-    x: Tensor  # delta + delta_bias before softplus, (B, K, D, L)
-    dt: Tensor  # (B, K, G, Dg, nc, T, 1)
-    u: Tensor  # (B, K, G, Dg, nc, T, 1)
-    B: Tensor  # (B, K, G, 1, nc, T, N)
-    C: Tensor  # (B, K, G, 1, nc, T, N)
-    A: Tensor  # (Ka, G, Dg, 1, 1, N)
-    decay: Tensor  # exp(dt * A), full
-    bu: Tensor  # dt * u * B, full
-    chunk_decay: Tensor  # exp(A * sum of dt over each chunk), (B, K, G, Dg, nc, N)
+    Tb: int
+    G: int
+    index: Tensor
+    valid: Tensor | None
+    x: Tensor
+    dt: Tensor
+    u: Tensor
+    du: Tensor
+    B: Tensor
+    C: Tensor
+    A: Tensor
+    chunk_decay: Tensor | None
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(t0, min(t0 + self.Tb, self.T)) for t0 in range(0, self.T, self.Tb)]
+
+    def decay(self, t0: int, t1: int, out: Tensor | None = None) -> Tensor:
+        """exp(dt * A) of steps t0..t1-1, (t1 - t0, B, K, G, nc, N, Dg), written into ``out`` when given."""
+        return torch.mul(self.dt[t0:t1], self.A, out=out).exp_()
+
+    def input(self, t0: int, t1: int, out: Tensor | None = None) -> Tensor:
+        """dt * u * B of steps t0..t1-1, (t1 - t0, B, K, G, nc, N, Dg), written into ``out`` when given."""
+        return torch.mul(self.du[t0:t1], self.B[t0:t1], out=out)
+
+    def steps(self, rows: Tensor, masked: bool = False) -> Tensor:
+        """Route-order rows (B, K, nc * T, D) -> per channel (T, B, K, G, nc, 1, Dg); zero on padded steps when
+        ``masked``."""
+        if masked and self.valid is not None:
+            rows = rows * self.valid[:, None]
+        x = rows.unflatten(2, (self.nc, self.T)).unflatten(-1, (self.G, -1)).permute(3, 0, 1, 4, 2, 5)
+        return x.unsqueeze(-2).contiguous()
+
+    def group_steps(self, rows: Tensor) -> Tensor:
+        """Route-order rows (B, K, nc * T, G, N) -> per group (T, B, K, G, nc, N, 1)."""
+        return rows.unflatten(2, (self.nc, self.T)).permute(3, 0, 1, 4, 2, 5).unsqueeze(-1).contiguous()
+
+    def state_steps(self, rows: Tensor) -> Tensor:
+        """Route-order rows (B, K, nc * T, D, N) -> (T, B, K, G, nc, N, Dg), zero on padded steps."""
+        if self.valid is not None:
+            rows = rows * self.valid[:, None, None]
+        return rows.unflatten(2, (self.nc, self.T)).unflatten(4, (self.G, -1)).permute(3, 0, 1, 4, 2, 6, 5).contiguous()
+
+    def state(self, x: Tensor) -> Tensor:
+        """(B, K, D, N) -> (B, K, G, N, Dg)."""
+        return x.unflatten(2, (self.G, -1)).transpose(-1, -2)
+
+    def rows(self, x: Tensor) -> Tensor:
+        """Per channel (T, B, K, G, nc, 1, Dg) -> route-order rows (B, K, nc * T, D)."""
+        return x.squeeze(-2).permute(1, 2, 4, 0, 3, 5).flatten(4, 5).flatten(2, 3)
+
+    def group_rows(self, x: Tensor) -> Tensor:
+        """Per group (T, B, K, G, nc, N, 1) -> route-order rows (B, K, nc * T, G, N)."""
+        return x.squeeze(-1).permute(1, 2, 4, 0, 3, 5).flatten(2, 3)
+
+    def state_rows(self, x: Tensor) -> Tensor:
+        """States (T, B, K, G, nc, N, Dg) -> route-order rows (B, K, nc * T, D, N)."""
+        return x.permute(1, 2, 4, 0, 3, 6, 5).flatten(4, 5).flatten(2, 3)
 
 
 def _chunks(u, delta, A, B, C, delta_bias, order, delta_softplus, dtype) -> _Chunks:
-    L, Dm, G = u.shape[-1], u.shape[2], B.shape[2]
-    T = chunk_length(L)
-    nc = -(-L // T)
-    pad = (0, nc * T - L)  # padded steps have dt = 0, u = 0: decay 1 and input 0 leave the state unchanged
-    x = _routed(delta, order).to(dtype)
+    batch, K, Dm, L = u.shape[0], order.shape[-2], u.shape[2], u.shape[-1]
+    G, N = B.shape[2], A.shape[-1]
+    # A symbolic batch (export with a dynamic batch) must not shape the unrolled loops: plan as for batch 1.
+    T, nc, Tb = plan(L, (batch if isinstance(batch, int) else 1) * K * Dm * N)
+    index = F.pad(order, (0, nc * T - L))  # padded steps read position 0, then are masked
+    valid = (torch.arange(nc * T, device=u.device) < L).to(dtype) if nc * T > L else None
+    x = _gather_rows(_rows(delta), index).to(dtype)
     if delta_bias is not None:
-        x = x + delta_bias.to(dtype)[None, :, :, None]
+        x = x + delta_bias.to(dtype)[None, :, None, :]
     dt = F.softplus(x) if delta_softplus else x
-    per_channel = lambda t: F.pad(t, pad).unflatten(2, (G, Dm // G)).unflatten(-1, (nc, T)).unsqueeze(-1)  # noqa: E731
-    per_group = lambda t: F.pad(_routed(t, order).to(dtype), pad).unflatten(-1, (nc, T)).movedim(3, -1).unsqueeze(3)  # noqa: E731,E501
-    dt_c, u_c, B_c, C_c = per_channel(dt), per_channel(_routed(u, order).to(dtype)), per_group(B), per_group(C)
-    A_c = A.to(dtype).unflatten(1, (G, Dm // G))[:, :, :, None, None, :]
-    return _Chunks(L=L, T=T, nc=nc, x=x, dt=dt_c, u=u_c, B=B_c, C=C_c, A=A_c, decay=torch.exp(dt_c * A_c),
-                   bu=dt_c * u_c * B_c, chunk_decay=torch.exp(dt_c.sum(-2) * A_c.squeeze(-2)))
+    ur = _gather_rows(_rows(u), index).to(dtype)
+    ch = _Chunks(L=L, T=T, nc=nc, Tb=Tb, G=G, index=index, valid=valid, x=x, dt=dt, u=ur, du=dt * ur, B=B, C=C,
+                 A=A.to(dtype).unflatten(1, (G, Dm // G)).transpose(-1, -2)[None, :, :, None].contiguous(),
+                 chunk_decay=None)
+    ch.B = ch.group_steps(_gather_rows(_rows(B), index).to(dtype))
+    ch.C = ch.group_steps(_gather_rows(_rows(C), index).to(dtype))
+    ch.dt, ch.du, ch.u = ch.steps(dt, masked=True), ch.steps(ch.du, masked=True), ch.steps(ur)
+    if nc > 1:
+        ch.chunk_decay = (ch.dt.sum(0) * ch.A).exp_()
+    return ch
 
 
-def _scan(ch: _Chunks, h0: Tensor | None, outputs: bool, states: bool) -> tuple[list, list, Tensor]:
-    """Forward passes. Returns per step t < T (each over all chunks) y_t = C_t . h_t if ``outputs`` and h_t if
-    ``states`` (else empty lists), and the final state."""
-    h = torch.zeros_like(ch.bu[..., 0, :])
-    for t in range(ch.T):
-        h = ch.decay[..., t, :] * h + ch.bu[..., t, :]
-    carry = torch.zeros_like(h[..., 0, :]) if h0 is None else h0
-    carries = []
-    for c in range(ch.nc):
+def _recur(decay: Tensor, states: Tensor, h: Tensor | None) -> Tensor:
+    """h_t = decay_t h_{t-1} + input_t over a block, in place: ``states`` holds the inputs and ends up holding
+    the states. Returns the last state."""
+    for i in range(states.shape[0]):
+        h = states[i] if h is None else states[i].addcmul_(decay[i], h)
+    return h
+
+
+def _contract_states(x: Tensor, h: Tensor) -> Tensor:
+    """sum_n x_n h_n: x (..., N, 1), h (..., N, Dg) -> (..., 1, Dg); a batched product unless N = 1."""
+    return h * x if x.shape[-2] == 1 else torch.matmul(x.transpose(-1, -2), h)
+
+
+def _entry_states(ch: _Chunks, h0: Tensor | None) -> Tensor | None:
+    """Reduce and carry passes: the state entering every chunk, (B, K, G, nc, N, Dg); None for zeros."""
+    if ch.nc == 1:
+        return None if h0 is None else h0.unsqueeze(3)
+    h = None
+    for t0, t1 in ch.blocks():
+        h = _recur(ch.decay(t0, t1), ch.input(t0, t1), h)
+    carry = torch.zeros_like(h[:, :, :, 0]) if h0 is None else h0
+    carries = [carry]
+    for c in range(ch.nc - 1):
+        carry = torch.addcmul(h[:, :, :, c], ch.chunk_decay[:, :, :, c], carry)
         carries.append(carry)
-        carry = ch.chunk_decay[..., c, :] * carry + h[..., c, :]
-    h = torch.stack(carries, -2)
-    ys, hs = [], []
-    for t in range(ch.T):
-        h = ch.decay[..., t, :] * h + ch.bu[..., t, :]
-        if outputs:
-            ys.append((h * ch.C[..., t, :]).sum(-1))
-        if states:
-            hs.append(h)
-    return ys, hs, carry
+    return torch.stack(carries, 3)
 
 
-def _adjoint(ch: _Chunks, e: Tensor, dlast: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Reverse passes for g_t = dL/dh_t = e_t + decay_{t+1} g_{t+1} (g_last also gets dlast).
+def _scan(ch: _Chunks, h: Tensor | None, keep: bool = False, states: Tensor | None = None,
+          decays: Tensor | None = None) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Scan pass from the entry states h. Returns y = C . h per block, (Tb, B, K, G, nc, 1, Dg), the states per
+    block (Tb, B, K, G, nc, N, Dg) if ``keep`` (else an empty list), and the final state (B, K, G, N, Dg).
 
-    e: (B, K, G, Dg, nc, T, N). Returns g (same shape) and dL/d(initial state) = decay_0 g_0.
-    """
-    p = torch.zeros_like(e[..., 0, :])
-    for t in reversed(range(ch.T)):
-        p = ch.decay[..., t, :] * (p + e[..., t, :])
-    flow = torch.zeros_like(p[..., 0, :]) if dlast is None else dlast
-    flows = [flow] * ch.nc
-    for c in reversed(range(ch.nc)):
-        flows[c] = flow
-        flow = p[..., c, :] + ch.chunk_decay[..., c, :] * flow
-    p = torch.stack(flows, -2)
-    g = [p] * ch.T
-    for t in reversed(range(ch.T)):
-        g[t] = p + e[..., t, :]
-        p = ch.decay[..., t, :] * g[t]
-    return torch.stack(g, -2), flow
-
-
-def _full(x: Tensor, L: int) -> Tensor:
-    """(B, K, G, Dg, nc, T, *f) chunk layout -> (B, K, D, L, *f), padding cropped."""
-    return x.flatten(2, 3).flatten(3, 4)[:, :, :, :L]
-
-
-def _per_group(x: Tensor, L: int) -> Tensor:
-    """(B, K, G, 1, nc, T, N) -> (B, K, G, N, L)."""
-    return x.squeeze(3).flatten(3, 4)[..., :L, :].transpose(-1, -2)
+    ``states`` and ``decays`` ((T, B, K, G, nc, N, Dg) each), when given, receive every state and exp(dt * A)
+    (``out=`` writes: only where autograd is off, as in the op's backward)."""
+    ys, kept = [], []
+    for t0, t1 in ch.blocks():
+        block = ch.input(t0, t1, out=None if states is None else states[t0:t1])
+        h = _recur(ch.decay(t0, t1, out=None if decays is None else decays[t0:t1]), block, h)
+        ys.append(_contract_states(ch.C[t0:t1], block))
+        if keep:
+            kept.append(block)
+    return ys, kept, h[:, :, :, -1]
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
@@ -146,14 +229,29 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """Same contract as ``reference.selective_scan``."""
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     ch = _chunks(u, delta, A, B, C, delta_bias, order, delta_softplus, dtype)
-    h0 = None if initial_state is None else initial_state.to(dtype).unflatten(2, (ch.B.shape[2], -1))
-    ys, hs, last = _scan(ch, h0, outputs=True, states=return_states)
-    y = _full(torch.stack(ys, -1), ch.L)
-    states = None
-    if return_states:
-        states = _routed(_full(torch.stack(hs, -2), ch.L).transpose(-1, -2), inverse).transpose(-1, -2)
-    y = epilogue(_routed(y, inverse), u, D, z, merge, channels_last, out_dtype)
-    return y, last.flatten(2, 3) if return_last_state else None, states
+    h0 = None if initial_state is None else ch.state(initial_state.to(dtype))
+    ys, hs, last = _scan(ch, _entry_states(ch, h0), keep=return_states)
+    y = epilogue(_natural(ch.rows(torch.cat(ys)), inverse, False), u, D, z, merge, channels_last, out_dtype)
+    states = _natural(ch.state_rows(torch.cat(hs)), inverse, False).movedim(-1, -2) if return_states else None
+    return y, last.transpose(-1, -2).flatten(2, 3) if return_last_state else None, states
+
+
+def _adjoint(e: Tensor, decay: Tensor, p: Tensor | None) -> Tensor:
+    """Reverse recurrence over a block, in place: adj_t = e_t + decay_{t+1} adj_{t+1}; ``p`` = decay_{t1} adj_{t1}
+    enters from the right. ``e`` ends up holding adj. Returns decay_{t0} adj_{t0}, what passes to the left."""
+    last = e.shape[0] - 1
+    if p is not None:
+        e[last].add_(p)
+    for i in reversed(range(last)):
+        e[i].addcmul_(decay[i + 1], e[i + 1])
+    return decay[0] * e[0]
+
+
+def _dy_view(dy: Tensor, merge: str, channels_last: bool) -> Tensor:
+    """The output gradient in its layout -> canonical (B, K or 1, D, L) view."""
+    if channels_last:
+        dy = dy.movedim(1, -1)
+    return dy if merge == "none" else dy.unsqueeze(1)
 
 
 def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | None, u: Tensor, delta: Tensor,
@@ -161,69 +259,98 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                             delta_bias: Tensor | None, initial_state: Tensor | None, order: Tensor, inverse: Tensor,
                             delta_softplus: bool, merge: str, channels_last: bool,
                             out_dtype: torch.dtype | None) -> list[Tensor | None]:
-    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) in their canonical shapes (None where an
-    input is None), for the output gradient ``dy`` (the layout of y), ``dlast`` (B, K, D, N) and ``dstates``
-    (B, K, D, L, N), either may be None. The forward is recomputed (states are not kept between the passes).
-    ``out_dtype`` is part of the common backend signature; gradients are returned in the inputs' dtypes."""
+    """Gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state) in their canonical shapes and dtypes (None
+    where an input is None), for the output gradient ``dy`` (the layout of y), ``dlast`` (B, K, D, N) and
+    ``dstates`` (B, K, D, L, N), either may be None. The forward is recomputed. ``out_dtype`` is part of the common
+    backend signature; dy may have any floating dtype."""
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     ch = _chunks(u, delta, A, B, C, delta_bias, order, delta_softplus, dtype)
-    batch, K, G, L = u.shape[0], order.shape[-2], B.shape[2], ch.L
-    h0 = None if initial_state is None else initial_state.to(dtype).unflatten(2, (G, -1))
-    ys, hs, _ = _scan(ch, h0, outputs=z is not None, states=True)
-    h = torch.stack(hs, -2)  # (B, K, G, Dg, nc, T, N), route order
+    batch, K = u.shape[0], order.shape[-2]
+    h0 = None if initial_state is None else ch.state(initial_state.to(dtype))
+    entry = _entry_states(ch, h0)
+    # every state, one step late: hs[t + 1] = h_t and hs[0] = the state entering the chunk (h_{-1}); every decay
+    shape = (*ch.B.shape[1:-1], ch.dt.shape[-1])
+    hs, decays = ch.dt.new_empty(ch.T + 1, *shape), ch.dt.new_empty(ch.T, *shape)
+    if entry is None:
+        hs[0].zero_()
+    else:
+        hs[0].copy_(entry)
+    ys, _, _ = _scan(ch, entry, states=hs[1:], decays=decays)
 
     # Epilogue backward, natural order: out_k = (y_k + D_k u_k) * silu(z), merged.
-    dy = dy.to(dtype)
-    dy = dy.movedim(1, -1) if channels_last else dy
-    g = dy if merge == "none" else (dy / K if merge == "mean" else dy).unsqueeze(1)  # (B, K or 1, D, L)
+    g = _dy_view(dy.to(dtype), merge, channels_last)
+    if merge == "mean":
+        g = g / K
     uu = u.to(dtype)
     grads: dict[str, Tensor | None] = {}
     if z is not None:
         zz = z.to(dtype)
         sig = torch.sigmoid(zz)
-        pre = _routed(_full(torch.stack(ys, -1), L), inverse)
+        pre = _natural(ch.rows(torch.cat(ys)), inverse, False)
         if D is not None:
             pre = pre + D.to(dtype)[None, :, :, None] * uu
         grads["z"] = (pre * g).sum(1) * (sig * (1 + zz * (1 - sig)))
         g = g * (zz * sig).unsqueeze(1)
     g = g.expand(batch, K, *g.shape[2:])
-    du = torch.zeros_like(uu.expand(batch, K, *uu.shape[2:])) if D is None else g * D.to(dtype)[None, :, :, None]
+    du = g * D.to(dtype)[None, :, :, None] if D is not None else None
     if D is not None:
         dD = (g * uu).sum((0, 3))
         grads["D"] = dD.sum(0, keepdim=True) if D.shape[0] == 1 else dD
 
-    # Scan backward, route order, chunk layout.
-    pad = (0, ch.nc * ch.T - L)
-    dy_c = F.pad(_routed(g, order), pad).unflatten(2, (G, -1)).unflatten(-1, (ch.nc, ch.T)).unsqueeze(-1)
-    e = dy_c * ch.C
-    if dstates is not None:
-        ds = F.pad(_routed(dstates.to(dtype).transpose(-1, -2), order), pad)  # (B, K, D, N, L')
-        e = e + ds.unflatten(-1, (ch.nc, ch.T)).movedim(3, -1).unflatten(2, (G, -1))
-    adj, dh0 = _adjoint(ch, e, None if dlast is None else dlast.to(dtype).unflatten(2, (G, -1)))
+    # Scan backward in reverse time: adj_t = dL/dh_t = e_t + decay_{t+1} adj_{t+1}, e_t = C_t dy_t + dstates_t.
+    dy_c = ch.steps(_gather_rows(_rows(g), ch.index), masked=True)
+    ds = None if dstates is None else ch.state_steps(_gather_rows(_rows(dstates.to(dtype).movedim(-1, -2)),
+                                                                  ch.index))
 
-    flat = h.flatten(4, 5)
-    first = torch.zeros_like(flat[..., :1, :]) if h0 is None else h0.unsqueeze(-2)
-    h_prev = torch.cat([first, flat[..., :-1, :]], -2).unflatten(4, (ch.nc, ch.T))
-    w = adj * ch.decay * h_prev  # g_t * exp(dt A) * h_{t-1}: d/d(dt A) of the decayed state
-    gb = adj * ch.B
-    ddt = (ch.u * gb).sum(-1, keepdim=True) + (w * ch.A).sum(-1, keepdim=True)
-    du_route = _full((ch.dt * gb).sum(-1), L)
-    ddt = _full(ddt.squeeze(-1), L)
-    grads["C"] = _natural(_per_group((dy_c * h).sum(3, keepdim=True), L), inverse, C.shape[1] == 1)
-    grads["B"] = _natural(_per_group((adj * ch.dt * ch.u).sum(3, keepdim=True), L), inverse, B.shape[1] == 1)
-    dA = (w * ch.dt).sum((0, 4, 5)).flatten(1, 2)  # (K, D, N)
-    grads["A"] = dA.sum(0, keepdim=True) if A.shape[0] == 1 else dA
+    def e(t0: int, t1: int, out: Tensor | None = None) -> Tensor:
+        x = torch.mul(ch.C[t0:t1], dy_c[t0:t1], out=out)
+        return x if ds is None else x.add_(ds[t0:t1])
+
+    p = None if dlast is None else ch.state(dlast.to(dtype)).unsqueeze(3)
+    if ch.nc > 1:  # reverse reduce and carry: the adjoint entering every chunk from its right
+        q = None
+        for t0, t1 in reversed(ch.blocks()):
+            q = _adjoint(e(t0, t1), decays[t0:t1], q)
+        flow = torch.zeros_like(q[:, :, :, 0]) if p is None else p[:, :, :, 0]
+        flows = [flow]
+        for c in reversed(range(1, ch.nc)):
+            flow = torch.addcmul(q[:, :, :, c], ch.chunk_decay[:, :, :, c], flow)
+            flows.append(flow)
+        p = torch.stack(flows[::-1], 3)
+
+    adjs = torch.empty_like(decays)
+    for t0, t1 in reversed(ch.blocks()):
+        p = _adjoint(e(t0, t1, out=adjs[t0:t1]), decays[t0:t1], p)
+
+    blocks = ch.blocks()
+    d_dt, d_du, dB, dC = [None] * len(blocks), [None] * len(blocks), [None] * len(blocks), [None] * len(blocks)
+    dA = 0
+    for j, (t0, t1) in enumerate(blocks):
+        adj = adjs[t0:t1]
+        dC[j] = torch.matmul(hs[t0 + 1:t1 + 1], dy_c[t0:t1].transpose(-1, -2))  # summed over a group's channels
+        dB[j] = torch.matmul(adj, ch.du[t0:t1].transpose(-1, -2))
+        d_du[j] = _contract_states(ch.B[t0:t1], adj)  # dL/d(dt u)
+        w = decays[t0:t1].mul_(adj).mul_(hs[t0:t1])  # dL/d(dt A) = adj_t exp(dt_t A) h_{t-1}
+        d_dt[j] = torch.addcmul((w * ch.A).sum(-2, keepdim=True), d_du[j], ch.u[t0:t1])
+        dA = dA + (w * ch.dt[t0:t1]).sum((0, 1, 4))
+    d_du, ddt = ch.rows(torch.cat(d_du)), ch.rows(torch.cat(d_dt))
+    du_route = (F.softplus(ch.x) if delta_softplus else ch.x) * d_du
     if delta_softplus:
         ddt = ddt * torch.where(ch.x > 20, torch.ones_like(ch.x), torch.sigmoid(ch.x))
+    grads["C"] = _natural(ch.group_rows(torch.cat(dC)), inverse, C.shape[1] == 1)
+    grads["B"] = _natural(ch.group_rows(torch.cat(dB)), inverse, B.shape[1] == 1)
+    dA = dA.transpose(-1, -2).flatten(1, 2)
+    grads["A"] = dA.sum(0, keepdim=True) if A.shape[0] == 1 else dA
+    ddt = _natural(ddt, inverse, False)
     if delta_bias is not None:
         db = ddt.sum((0, 3))
         grads["delta_bias"] = db.sum(0, keepdim=True) if delta_bias.shape[0] == 1 else db
-    grads["delta"] = _natural(ddt, inverse, delta.shape[1] == 1)
-    du = du + _routed(du_route, inverse)
+    grads["delta"] = ddt.sum(1, keepdim=True) if delta.shape[1] == 1 else ddt
+    du_nat = _natural(du_route, inverse, False)
+    du = du_nat if du is None else du + du_nat
     grads["u"] = du.sum(1, keepdim=True) if u.shape[1] == 1 else du
     if initial_state is not None:
-        grads["initial_state"] = dh0.flatten(2, 3)
+        grads["initial_state"] = p[:, :, :, 0].transpose(-1, -2).flatten(2, 3)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     return [None if x is None else grads[n].to(x.dtype) for n, x in zip(names, inputs, strict=True)]
-
