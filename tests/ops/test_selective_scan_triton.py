@@ -136,7 +136,8 @@ def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
 
-    kernels.MAX_T, kernels.CL_STEPS = 32, 8  # several tiles at tiny L
+    # several tiles at tiny L; backward with lanes along channels up to L = 30, along time beyond
+    kernels.MAX_T, kernels.CL_STEPS, kernels.SHORT_L = 32, 8, 30
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
         check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
                       BF16_CASE["routes"], "channels_first", "sum", ret=False, tol=1e-2)

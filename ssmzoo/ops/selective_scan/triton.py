@@ -114,14 +114,13 @@ def _chunk(x, which):
 
 
 @triton.jit
-def _scan_states(a, b, h0, REV: tl.constexpr):
-    """h_t = a_t h_{t-1} + b_t over a [P, BD, M] tile, from h0 (BD,). The route visits the chunks in order p = 0,
-    1, ... and the steps of a chunk in order m = 0, 1, ... (m = M - 1, M - 2, ... when REV).
+def _scan_states(a, b, h0):
+    """h_t = a_t h_{t-1} + b_t over a [P, BD, M] tile in route order (chunk p, then step m), from h0 (BD,).
 
     Returns the states (P, BD, M) and the state after the tile's last step (BD,).
     """
-    Am, Hm = tl.associative_scan((a, b), 2, _state_combine, reverse=REV)
-    At, Ht = _edge(Am, not REV), _edge(Hm, not REV)  # chunk totals (P, BD, 1)
+    Am, Hm = tl.associative_scan((a, b), 2, _state_combine)
+    At, Ht = _edge(Am, True), _edge(Hm, True)  # chunk totals (P, BD, 1)
     zero = At * 0.0  # (built from At so it shares At's layout)
     ia, ib, xa, xb = tl.associative_scan((At, Ht, zero + 1.0, zero), 0, _exclusive_combine)
     h = Hm + Am * (xa * h0[None, :, None] + xb)  # chunk-local states + decayed state entering the chunk
@@ -129,20 +128,21 @@ def _scan_states(a, b, h0, REV: tl.constexpr):
 
 
 @triton.jit
-def _scan_adjoint(a, c, kappa, REV: tl.constexpr):
-    """Adjoint g_t = c_t + a_{t+1} g_{t+1} over a tile visited as in ``_scan_states``, given kappa (BD,) = a g at
-    the first step after the tile in route order.
+def _scan_adjoint(a_flip, c_flip, kappa):
+    """Adjoint g_t = c_t + a_{t+1} g_{t+1} over a tile in route order, given kappa (BD,) = a g at the first step
+    after the tile. a_flip and c_flip hold a and c with the steps of each chunk reversed (``tl.flip`` along M), so
+    the in-thread scan runs forward: Triton lowers a reversed scan with lane shuffles even along an in-thread axis.
 
-    Returns g (P, BD, M) and a_first * g_first (BD,): the adjoint flowing into the state before the tile.
+    Returns g (P, BD, M) in route order and a_first * g_first (BD,): the adjoint flowing into the state before
+    the tile.
     """
-    F, Pm, G = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), c), 2, _adjoint_combine,
-                                   reverse=not REV)
-    f, p, g = _edge(F, REV), _edge(Pm, REV), _edge(G, REV)  # chunk summaries at their first step (P, BD, 1)
+    F, Pm, G = tl.associative_scan((a_flip, tl.full(a_flip.shape, 1.0, tl.float32), c_flip), 2, _adjoint_combine)
+    f, p, g = _edge(F, True), _edge(Pm, True), _edge(G, True)  # chunk summaries at their first step (P, BD, 1)
     # a chunk maps the adjoint entering it (from later steps) to the one leaving it: kappa -> f p kappa + f g
     zero = f * 0.0
     ia, ib, xa, xb = tl.associative_scan((f * p, f * g, zero + 1.0, zero), 0, _exclusive_combine, reverse=True)
-    g_all = G + Pm * (xa * kappa[None, :, None] + xb)
-    return g_all, _chunk(ia * kappa[None, :, None] + ib, 0)
+    g_flip = G + Pm * (xa * kappa[None, :, None] + xb)
+    return tl.flip(g_flip, 2), _chunk(ia * kappa[None, :, None] + ib, 0)
 
 
 @triton.jit
@@ -179,15 +179,18 @@ def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K
 
 @triton.jit
 def _tile_index(i, n_tiles, L, H, W, order_row, P: tl.constexpr, M: tl.constexpr, KIND: tl.constexpr,
-                REV: tl.constexpr):
-    """Positions (P, 1, M) and step mask of the tile a route visits i-th. Chunk p of the tile is the p-th the route
-    visits: a reversed route walks the tiles and chunks of its base order backwards (and the steps of a chunk, see
-    ``_scan_states``), so every cross-lane scan runs forward."""
+                REV: tl.constexpr, FLIP: tl.constexpr = False):
+    """Positions (P, 1, M) and step mask of the tile a route visits i-th, in route order: element (p, m) is the
+    route's step p * M + m of the tile (a reversed route walks its base order backwards), so every scan in route
+    order runs forward. FLIP reverses the steps within each chunk (the adjoint's order)."""
     p = tl.arange(0, P)[:, None, None]
+    m = tl.arange(0, M)[None, None, :]
+    if FLIP:
+        m = M - 1 - m
     if REV:
-        s = (n_tiles - 1 - i) * (P * M) + (P - 1 - p) * M + tl.arange(0, M)[None, None, :]
+        s = (n_tiles - 1 - i) * (P * M) + (P - 1 - p) * M + (M - 1 - m)
     else:
-        s = i * (P * M) + p * M + tl.arange(0, M)[None, None, :]
+        s = i * (P * M) + p * M + m
     return _positions(s, L, H, W, order_row, KIND), s < L
 
 
@@ -262,7 +265,7 @@ def _fwd_kernel(
                 h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
                 if CARRY:
                     h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
-                h, h_end = _scan_states(tl.exp2(dt * A2[None, :, None]), dtu * Bn, h0, REVS[k])
+                h, h_end = _scan_states(tl.exp2(dt * A2[None, :, None]), dtu * Bn, h0)
                 if SAVE_CHUNKS:
                     tl.store(chunk_row + (i + 1) * Dm * N + n, h_end, mask=dmask)
                 if RET_STATES:
@@ -378,26 +381,31 @@ def _bwd_kernel(
                 dy = do * zt * zsig
             else:
                 dy = do
+            # the adjoint runs on the steps of each chunk reversed (see _scan_adjoint)
+            pos_f, tmask_f = _tile_index(i, n_tiles, L, H, W, order_ptr + b * sord_b + k * sord_k, P, M, KINDS[k],
+                                         REVS[k], True)
+            dt_f, dy_f = tl.flip(dt, 2), tl.flip(dy, 2)
             ddt = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             sdtu = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)  # sum_n g * B: gradient of dt * u
             y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
             for n in range(N):
                 An = tl.load(a_row + n * sA_n, mask=dmask, other=0.0)
                 Bn = _load_bc(b_row + n * sB_n + pos * sB_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
-                Cn = _load_bc(c_row + n * sC_n + pos * sC_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED)
-                a = tl.exp2(dt * (An * 1.4426950408889634)[None, :, None])
+                A2 = (An * 1.4426950408889634)[None, :, None]
+                a = tl.exp2(dt * A2)
                 bn = dtu * Bn
                 h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
                 if CARRY:
                     h0 = tl.load(chunk_row + i * Dm * N + n, mask=dmask, other=0.0)
-                h, _ = _scan_states(a, bn, h0, REVS[k])
-                if HAS_Z:
-                    y += Cn * h
-                c = Cn * dy
+                h, _ = _scan_states(a, bn, h0)
+                if HAS_Z:  # the scan output, for dz
+                    y += _load_bc(c_row + n * sC_n + pos * sC_l + d_zero, tmask, m3, SAME_GROUP, BC_PADDED) * h
+                m3_f = dmask[None, :, None] & tmask_f
+                c_f = _load_bc(c_row + n * sC_n + pos_f * sC_l + d_zero, tmask_f, m3_f, SAME_GROUP, BC_PADDED) * dy_f
                 if HAS_DSTATES:
-                    c += tl.load(dst_ptr + (((b * K + k) * Dm + dd) * L + pos) * N + n, mask=m3, other=0.0)
+                    c_f += tl.load(dst_ptr + (((b * K + k) * Dm + dd) * L + pos_f) * N + n, mask=m3_f, other=0.0)
                 kappa = tl.load(gc_row + (i % 2) * Dm * N + n, mask=dmask, other=0.0)
-                g, k_out = _scan_adjoint(a, c, kappa, REVS[k])
+                g, k_out = _scan_adjoint(tl.exp2(dt_f * A2), c_f, kappa)
                 tl.store(gc_row + ((i + 1) % 2) * Dm * N + n, k_out, mask=dmask)
                 w = g * (h - bn)  # g_t * a_t * h_{t-1}
                 ddt += w * An[None, :, None]
@@ -520,30 +528,33 @@ class Config:
 
 
 MAX_T = 256  # longest tile; tests lower it to get several tiles at tiny L
-FWD_ELEMS = 16  # of each [P, BLOCK_D, M] forward tile tensor per thread: what fits in registers
-BWD_WARPS = 4  # backward: one channel per warp; dB, dC are summed over the program's channels before the atomics
-CL_STEPS = 16  # steps per tile in the channels-last layout (all held by one thread)
+CL_STEPS = 16  # steps per tile when a thread holds a channel's whole tile (lanes along channels)
+SHORT_L = 512  # backward: sequences up to this length run with lanes along channels
 
 
-def config_for(L: int, Dm: int, d_per_group: int, channels_last: bool, which: str) -> Config:
-    """The launch configuration for a call (see ``Config``).
+def config_for(L: int, Dm: int, d_per_group: int, channels_last: bool, which: str, N: int = 1) -> Config:
+    """The launch configuration for a call (see ``Config``); the choices are the fastest measured on an H100 at the
+    issue's shapes (tools/benchmark.py ops).
 
-    Channels-first: P = 32 chunks of M = T / 32 steps (the cross-lane work per chunk is paid once per M steps);
-    the forward runs one warp with BLOCK_D channels in each thread, the backward one channel per warp so that the
-    dB, dC sums before the atomics cover BWD_WARPS channels without more registers. BLOCK_D is a power of two that
-    divides the group size when it can, so that a program's channels share one row of B and C.
+    - Lanes along channels (P = 1, a thread holds one channel's CL_STEPS steps): channels-last calls, and the
+      backward of short channels-first sequences, where it avoids per-state cross-warp reductions.
+    - Lanes along time (P = 32 chunks of M = T / 32 steps): the channels-first forward (one warp, 2 or 4 channels a
+      thread), and the backward of long sequences (two warps, one channel each; route tiles of T = 256 steps).
+
+    BLOCK_D is a power of two that divides the group size when it can, so that a program's channels share one row
+    of B and C. The forward pass and the backward (which recomputes its tile-entry states) need not share a config.
     """
-    if channels_last:
-        warps = max(1, min(4, triton.next_power_of_2(Dm) // 32))
+    if channels_last or (which == "bwd" and L <= SHORT_L):
+        warps = max(1, min(2, triton.next_power_of_2(Dm) // 32))
         T = min(max(2, triton.next_power_of_2(L)), CL_STEPS, MAX_T)
         return Config(1, T, 32 * warps, warps, d_per_group % (32 * warps) == 0, False)
     T = min(max(32, triton.next_power_of_2(L)), max(MAX_T, 32))
     P = min(T, 32)
     M = T // P
     if which == "bwd":
-        warps = max(1, min(BWD_WARPS, triton.next_power_of_2(Dm)))
+        warps = max(1, min(2, triton.next_power_of_2(Dm)))
         return Config(P, M, warps, warps, d_per_group % warps == 0, False)
-    want = max(1, min(FWD_ELEMS // M, triton.next_power_of_2(Dm)))
+    want = max(1, min(4 if N >= 4 else 16 // M, triton.next_power_of_2(Dm)))
     block_d = want
     while block_d > 1 and d_per_group % block_d:
         block_d //= 2
@@ -600,7 +611,7 @@ class _Call:
         self.batch, self.Ku, self.Dm, self.L = u.shape
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         self.kinds, self.revs, self.H, self.W = route_kinds(order)
-        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, channels_last, which)
+        self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, channels_last, which, self.N)
         self.n_tiles = triton.cdiv(self.L, self.cfg.T)
         self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
         self.order = order

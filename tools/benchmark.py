@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Benchmarks, one subcommand each.
+
+    python tools/benchmark.py ops [--dtype bf16 fp32] [--shapes vmamba-t-s1 vim-s ...] [--layout channels_first]
+
+``ops``: the selective scan with routes (``ssmzoo.ops.selective_scan``) on a CUDA device at the reference shapes
+of issue #4. For each shape it prints forward, backward and forward+backward time (``triton.testing.do_bench``
+median, L2 flushed between runs), the achieved bandwidth counted on the minimal bytes, the physical floor
+(shared/reference/kernels.md section 4: max of memory, FP32 and MUFU time at the H100's measured ceilings) and
+the time over that floor, next to the chunked PyTorch path and, when importable, mamba_ssm's CUDA kernel.
+Activations and the output are in the benchmarked dtype (``out_dtype``), as a model would call the op.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ssmzoo.ops import directions, selective_scan
+
+# Measured ceilings of an H100 80GB HBM3 (shared/reference/kernels.md, section 0).
+HBM_BYTES_PER_S = 3.02e12
+FP32_INSTR_PER_S = 32.6e12
+MUFU_PER_S = 3.74e12
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class ScanShape:
+    """One reference call: batch, channels, states, spatial size, routes, per-route u, z gate, merge rule."""
+
+    name: str
+    batch: int
+    channels: int
+    states: int
+    spatial: tuple[int, ...]
+    routes: str
+    per_route_u: bool
+    gated: bool
+    merge: str
+
+    @property
+    def L(self) -> int:
+        return int(torch.tensor(self.spatial).prod())
+
+    def route_set(self) -> directions.Routes:
+        if self.routes == "cross2d":
+            return directions.cross2d(*self.spatial)
+        return directions.bidi(self.L)
+
+    def floor_us(self, elem_bytes: int) -> tuple[float, float, float, float]:
+        """(forward floor, backward floor, minimal forward bytes, minimal backward bytes): kernels.md 4.1's model,
+        each input read once and each output written once, routes merged, states recomputed."""
+        K, N = self.route_set().K, self.states
+        bdl = self.batch * self.channels * self.L
+        u = (K if self.per_route_u else 1) * bdl
+        delta, bc, z = K * bdl, 2 * K * self.batch * N * self.L, (bdl if self.gated else 0)
+        fwd_bytes = elem_bytes * (u + delta + bc + z + bdl)
+        bwd_bytes = elem_bytes * ((u + delta + bc + z + bdl) + (u + delta + bc + z))
+        states = K * bdl * N  # element-states
+        fwd_fp32 = 4 * states + 12 * K * bdl + 4 * z
+        fwd_mufu = states + 2 * K * bdl + 2 * z
+        bwd_fp32 = 12 * states + 25 * K * bdl + 8 * z
+        bwd_mufu = states + 3 * K * bdl + 2 * z
+
+        def floor(nbytes, fp32, mufu):
+            return 1e6 * max(nbytes / HBM_BYTES_PER_S, fp32 / FP32_INSTR_PER_S, mufu / MUFU_PER_S)
+
+        return floor(fwd_bytes, fwd_fp32, fwd_mufu), floor(bwd_bytes, bwd_fp32, bwd_mufu), fwd_bytes, bwd_bytes
+
+
+SHAPES = {
+    s.name: s for s in (
+        ScanShape("vmamba-t-s1", 128, 192, 1, (56, 56), "cross2d", False, False, "sum"),
+        ScanShape("vim-s", 128, 768, 16, (197,), "bidi", True, True, "mean"),
+        ScanShape("dpmamba-m-intra", 34, 512, 16, (250,), "bidi", True, True, "sum"),
+        ScanShape("dpmamba-m-inter", 250, 512, 16, (34,), "bidi", True, True, "sum"),
+    )
+}
+
+
+def scan_inputs(shape: ScanShape, dtype: torch.dtype, layout: str, device="cuda") -> dict:
+    """Random public-API arguments of ``shape`` (activations in ``dtype``, parameters fp32), requiring grad."""
+    routes = shape.route_set()
+    K, Dm, N = routes.K, shape.channels, shape.states
+    cl = layout == "channels_last"
+
+    def act(*feat, scale=1.0):
+        dims = (shape.batch, *shape.spatial, *feat) if cl else (shape.batch, *feat, *shape.spatial)
+        return (torch.randn(dims, device=device) * scale).to(dtype).requires_grad_()
+
+    def param(x):
+        return x.to(device).requires_grad_()
+
+    return dict(
+        u=act(K, Dm) if shape.per_route_u else act(Dm), delta=act(K, Dm, scale=0.5),
+        A=param(-torch.rand(K, Dm, N) - 0.1), B=act(K, 1, N), C=act(K, 1, N), D=param(torch.randn(K, Dm)),
+        z=act(Dm) if shape.gated else None, delta_bias=param(torch.randn(K, Dm) * 0.3),
+        routes=routes, merge=shape.merge, layout=layout, out_dtype=dtype,
+    )
+
+
+def time_backend(backend: str, kw: dict) -> dict[str, float]:
+    """Median µs of forward, backward (given the forward's graph) and both, plus the first call (compiles)."""
+    from triton.testing import do_bench
+
+    os.environ["SSMZOO_BACKEND"] = backend
+    leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
+    start = time.perf_counter()
+    out = selective_scan(**kw)
+    grad = torch.randn_like(out)
+    torch.autograd.grad(out, leaves, grad)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+
+    def forward():
+        return selective_scan(**kw)
+
+    out = forward()
+
+    def backward():
+        torch.autograd.grad(out, leaves, grad, retain_graph=True)
+
+    def both():
+        torch.autograd.grad(forward(), leaves, grad)
+
+    with torch.no_grad():
+        fwd = do_bench(forward, return_mode="median")
+    return dict(fwd=1e3 * fwd, bwd=1e3 * do_bench(backward, return_mode="median"),
+                total=1e3 * do_bench(both, return_mode="median"), first_s=first)
+
+
+def mamba_cuda_note() -> str:
+    try:
+        import selective_scan_cuda  # noqa: F401  (mamba_ssm's compiled extension)
+    except ImportError as err:
+        return f"mamba_ssm selective_scan_cuda: not importable here ({err}); not timed"
+    return "mamba_ssm selective_scan_cuda: importable, but this tool has no runner for it yet; not timed"
+
+
+def bench_ops(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("ops: needs a CUDA device", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, layout {args.layout}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print(mamba_cuda_note())
+    header = (f"{'shape':18} {'dtype':5} {'fwd µs':>8} {'bwd µs':>8} {'f+b µs':>8} {'GB/s':>6} {'floor µs':>9} "
+              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10}")
+    print(header)
+    for dtype_name in args.dtype:
+        dtype = DTYPES[dtype_name]
+        for name in args.shapes:
+            shape = SHAPES[name]
+            kw = scan_inputs(shape, dtype, args.layout)
+            tri = time_backend("triton", kw)
+            chunk = time_backend("chunked", kw) if args.chunked else None
+            f_floor, b_floor, f_bytes, b_bytes = shape.floor_us(torch.finfo(dtype).bits // 8)
+            gbps = (f_bytes + b_bytes) / (tri["total"] * 1e-6) / 1e9
+            ratio = f"{tri['fwd'] / f_floor:4.1f}/{tri['bwd'] / b_floor:4.1f}/{tri['total'] / (f_floor + b_floor):4.1f}"
+            chunk_txt = (f"{chunk['total']:15.0f} {chunk['total'] / tri['total']:9.1f}x" if chunk
+                         else f"{'-':>15} {'-':>10}")
+            print(f"{name:18} {dtype_name:5} {tri['fwd']:8.0f} {tri['bwd']:8.0f} {tri['total']:8.0f} {gbps:6.0f} "
+                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f}")
+            del kw
+            torch.cuda.empty_cache()
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ops = sub.add_parser("ops", help="selective scan kernels vs the floor and the chunked path (CUDA)")
+    ops.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
+    ops.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    ops.add_argument("--layout", choices=("channels_first", "channels_last"), default="channels_first")
+    ops.add_argument("--no-chunked", dest="chunked", action="store_false", help="skip the chunked PyTorch path")
+    ops.add_argument("--seed", type=int, default=0)
+    ops.set_defaults(func=bench_ops)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
