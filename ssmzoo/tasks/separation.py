@@ -22,8 +22,9 @@ speaker order is aligned to the previous one by permutation-invariant SI-SNR on 
 ``LambdaOverlapAdd(reorder_chunks=True)``), and the overlap is cross-faded with a raised cosine. Memory then stays
 bounded by one window (about 3 GB of CPU memory for a 20 s window of DPMamba-XS), whatever the file's length.
 Windowed output is not the whole-file output: DPMamba's GroupNorms take statistics over the whole input and its
-inter-chunk Mamba carries context for seconds, so each window sees less. On a 20 s two-talker file the two agree to
-about 19 dB SI-SNR with 8 s windows (23 dB with 12-15 s windows), with the same separation quality.
+inter-chunk Mamba carries context for seconds, so each window sees less. On 20 s two-talker files the two agree to
+19-23 dB SI-SNR with 8 s windows (22-24 dB with 12-15 s windows), and separate as well (SI-SNRi 6.5 dB windowed,
+6.0 dB in one pass, on the demo voices).
 """
 from __future__ import annotations
 

@@ -154,8 +154,8 @@ def test_chunked_separation_is_as_good_as_whole_on_a_20_second_file():
 
     The windows cannot reproduce the whole-file output exactly: DPMamba's GroupNorms take their statistics over the
     whole input and its inter-chunk Mamba remembers for seconds, so each window sees a different context. What
-    must hold is that chunking costs no separation quality, and that the two outputs stay close (measured: 18-20 dB
-    SI-SNR between them with 8 s windows, 22-24 dB with 12-15 s windows).
+    must hold is that chunking costs no separation quality, and that the two outputs stay close (measured here:
+    SI-SNRi 6.5 dB windowed vs 6.0 dB whole, 23 dB SI-SNR between the two outputs).
     """
     from pathlib import Path
 
