@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         estimates = separator.separate(path)
         elapsed = time.perf_counter() - start
-        written = separator.separate_file(path, args.out_dir)
+        written = separator.save(estimates, rate, args.out_dir, path.stem)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

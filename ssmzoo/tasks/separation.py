@@ -260,21 +260,30 @@ class Separator:
         return torch.nn.functional.pad(est, (0, T - est.shape[-1])) if est.shape[-1] < T else est[:, :T]
 
     def separate_file(self, path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
-        """Separate an audio file into ``<out_dir>/<stem>_s1.wav``, ``<stem>_s2.wav`` ... (16-bit PCM, the input's
-        rate); ``out_dir`` defaults to the input's folder. Each file is written to a temporary name and renamed, so
-        an interrupted run leaves no partial output. If an estimate would clip, all estimates are scaled by the same
-        factor (with a warning), keeping their relative levels. Returns the written paths."""
+        """Separate an audio file into ``<out_dir>/<stem>_s1.wav``, ``<stem>_s2.wav`` ... (see :meth:`save`);
+        ``out_dir`` defaults to the input's folder. Returns the written paths."""
         path = Path(path)
         est = self.separate(path)
-        _, rate = read_audio(path)  # already validated by separate()
-        out_dir = Path(out_dir) if out_dir is not None else path.parent
+        return self.save(est, sf.info(str(path)).samplerate, Path(out_dir) if out_dir is not None else path.parent,
+                         path.stem)
+
+    @staticmethod
+    def save(estimates: torch.Tensor, sample_rate: int, out_dir: str | os.PathLike, stem: str) -> list[Path]:
+        """Write (S, T) estimates as ``<out_dir>/<stem>_s<k>.wav``, 16-bit PCM at ``sample_rate``.
+
+        Each file is written to a temporary name and renamed, so an interrupted run leaves no partial output. If an
+        estimate would clip, all estimates are scaled by the same factor (with a warning), keeping their relative
+        levels. Returns the written paths.
+        """
+        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        peak = float(est.abs().max())
+        peak = float(estimates.abs().max())
         if peak > 0.999:
-            warnings.warn(f"{path.name}: estimates peak at {peak:.3f}; scaling them by {0.999 / peak:.3f} to avoid "
+            warnings.warn(f"{stem}: estimates peak at {peak:.3f}; scaling them by {0.999 / peak:.3f} to avoid "
                           "clipping", RuntimeWarning, stacklevel=2)
-            est = est * (0.999 / peak)
-        return [_write_atomic(out_dir / f"{path.stem}_s{k + 1}.wav", est[k].numpy(), rate) for k in range(len(est))]
+            estimates = estimates * (0.999 / peak)
+        return [_write_atomic(out_dir / f"{stem}_s{k + 1}.wav", estimates[k].numpy(), sample_rate)
+                for k in range(len(estimates))]
 
     def separate_files(self, paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[list[Path]]:
         """:meth:`separate_file` for several files into one folder."""
