@@ -5,7 +5,7 @@ Stage ``synth`` reads the sentences bundled in ``tools/tts_sentences.txt`` with 
 draws wsj0-2mix mixtures from that bank. ``all`` (the default) runs both::
 
     apt-get install -y espeak-ng                                # flite, festival, festvox-* add more voices
-    python tools/make_mixtures.py data/tts2mix                  # 2000 / 300 / 300 mixtures, about a minute
+    python tools/make_mixtures.py data/tts2mix                  # 2000 / 300 / 300 mixtures, ~3 min on 2 cores
     python tools/make_mixtures.py data/tts2mix --stage mix --n-mix 20000 5000 3000   # more mixtures, same bank
 
 Output (8 kHz, 16-bit mono)::
