@@ -106,7 +106,7 @@ def reference_forward(*args):
 
 # Each case: (id, make_case kwargs, merge). Spatial sizes give routes of 2-3 tiles (MAX_T = 32 in the fixture).
 CASES = [
-    ("bidi-mean-z-init-states", dict(batch=2, Dm=4, N=3, G=1, spatial=(45,), routes=directions.bidi(45),
+    ("bidi-mean-z-init-states", dict(batch=1, Dm=4, N=3, G=1, spatial=(45,), routes=directions.bidi(45),
                                      per_route_u=True, init=True), "mean"),
     ("cross2d-groups-shared-u", dict(batch=1, Dm=4, N=2, G=2, spatial=(7, 6), routes=directions.cross2d(7, 6),
                                      z=False), "sum"),

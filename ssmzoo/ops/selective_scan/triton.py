@@ -7,25 +7,33 @@ order (Bi, K, L), any strides, natural (spatial) positions. Nothing is copied in
 How the work is split:
 
 - One program per (batch, tile of BLOCK_D channels); it runs the K routes one after the other. Several channels per
-  program keep short sequences (L = 34, 197) from wasting lanes, and let the backward sum dB and dC over the channel
-  tile before its one atomic add per (position, state).
-- A route walks the sequence in tiles of T steps of its *base order*, carrying the state between tiles. Routes are
-  index arithmetic, recognised once per route tensor (``route_kinds``): FLAT (positions in storage order: 1-D
+  program keep short sequences (L = 34, 197) from wasting lanes, and let the backward sum dB and dC over the
+  program's channels before its atomic adds.
+- Routes are index arithmetic, recognised once per route tensor (``route_kinds``): FLAT (storage order: 1-D
   forward, grid row-major), COL (grid column-major, position (s % H) * W + s // H) or TABLE (any permutation or
-  per-sample route, positions read from ``order``). A reversed route (reverse, row_rev, col_rev) walks the same
-  tiles in the other direction and scans each tile backwards, so its loads stay in storage order.
-- Inside a tile the recurrence h_t = a_t h_{t-1} + b_t is a ``tl.associative_scan`` along T per state n (loop over
-  N), started from the carried state; y accumulates C_n h over n in registers.
+  per-sample route, positions read from ``order``). A reversed route (reverse, row_rev, col_rev) is the same
+  arithmetic on reversed steps. A route walks the sequence in tiles of T steps, carrying the state between tiles.
+- A tile is a [P, BLOCK_D, M] tensor: P chunks of M consecutive route steps by BLOCK_D channels, in route order, so
+  every scan in route order runs forward (Triton lowers a reversed scan with lane shuffles even along an axis held
+  by one thread). The recurrence h_t = a_t h_{t-1} + b_t is a ``tl.associative_scan`` inside each thread's chunk,
+  then over the chunk totals, per state n (loop over N); y accumulates C_n h over n in registers. ``Config`` gives
+  the two register layouts used (time chunks on the lanes, or channels on the lanes with whole chunks in-thread).
 - The K route outputs are merged in the kernel: a route adds its tile to the fp32 sum the previous routes left in a
-  (B, D, L) workspace, and the last route gates it with silu(z) and writes the output once. The same program wrote
-  that workspace tile a moment before, so it is reread from cache, not HBM, when the program's tiles fit in cache.
-- Backward: per route, tiles in reverse route order; the forward states of a tile are recomputed from the state
-  saved at its entry (a forward pass that writes only those (B, K, n_tiles + 1, D, N) entry states when L > T;
-  never (B, D, L, N)), the adjoint is a reversed associative scan carried between tiles, and du / ddelta / dz of
-  inputs shared by several routes are summed over routes through the same workspace scheme.
+  (B, D, L) workspace written by the same program, and the last route gates it with silu(z) and writes the output
+  once.
+- Backward: per route, tiles in reverse route order; the forward states of a tile are recomputed from the state at
+  its entry (recomputed by a forward pass that writes only the (B, K, n_tiles + 1, D, N) entry states when L > T;
+  never (B, D, L, N)), the adjoint is scanned on flipped chunks and carried between tiles, dB and dC are summed
+  over the program's channels before atomic adds, and du / ddelta / dz of inputs shared by several routes are
+  summed over routes through the same workspace scheme.
+- B and C are staged once per call as zero-padded fp32 rows when N >= STAGE_MIN_N (they are N / D the size of u).
 
 All arithmetic is fp32 (exp and log via exp2/log2); inputs may be fp32, fp16 or bf16; outputs are written in the
 requested dtype. float64 calls (tests, gradcheck) go to the chunked path.
+
+Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``): 5-18x the physical floor forward, 17-34x backward. The
+forward is limited by L1/TEX throughput and occupancy (142 registers, 19 % occupancy), the backward by shared-memory
+reductions of dB/dC and scattered atomics (ncu, Vim-S); see the benchmark's notes.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from torch import Tensor
 __all__ = ["selective_scan", "selective_scan_backward", "route_kinds", "Config", "config_for"]
 
 FLAT, COL, TABLE = 0, 1, 2
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # activations; parameters are fp32
 # SSMZOO_POISON=1 fills every kernel-written buffer with NaN before the launch: an element a kernel forgot to
 # write then fails the comparison against the reference (tests set it).
 _POISON_ENV = "SSMZOO_POISON"
@@ -566,10 +574,8 @@ def _poison() -> bool:
     return os.environ.get(_POISON_ENV, "0") == "1"
 
 
-def _new(shape, dtype, device, zero: bool = False) -> Tensor:
+def _new(shape, dtype, device) -> Tensor:
     """A buffer the kernels write in full: NaN-filled under SSMZOO_POISON=1 so unwritten elements show."""
-    if zero:
-        return torch.zeros(shape, dtype=dtype, device=device)
     if _poison():
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
@@ -597,7 +603,7 @@ _INTERPRETED = type(_fwd_kernel).__name__ == "InterpretedFunction"  # loaded und
 
 def _check(u: Tensor, *tensors: Tensor | None) -> None:
     for x in (u, *tensors):
-        if x is not None and x.dtype not in KERNEL_DTYPES + (torch.float32,):
+        if x is not None and x.dtype not in KERNEL_DTYPES:
             raise ValueError(f"selective_scan (triton): unsupported dtype {x.dtype}; use float32, float16 or "
                              f"bfloat16")
     if u.device.type != "cuda" and not _INTERPRETED:
@@ -670,27 +676,28 @@ def _stage(x: Tensor, length: int) -> Tensor:
     return staged
 
 
+def _or_dummy(dummy: Tensor, *tensors: Tensor | None) -> list[Tensor]:
+    """Kernel pointer arguments: absent tensors (never read, their flags are off) replaced by ``dummy``."""
+    return [dummy if t is None else t for t in tensors]
+
+
 def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chunk, states, output: bool,
              save_chunks: bool):
     """Launch the forward kernel (see _fwd_kernel) on canonical inputs."""
     strides, order_strides = call.input_strides(u, delta, A, z)
-    dummy = u
     out_strides = out_view.stride() if out_view is not None else (0, 0, 0, 0)
     ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
     _fwd_kernel[call.grid](
-        u, delta, A, call.B, call.C, call.D if call.D is not None else dummy, z if z is not None else dummy,
-        call.bias if call.bias is not None else dummy, call.order,
-        out if out is not None else dummy, ws if ws is not None else dummy, chunk if chunk is not None else dummy,
-        states if states is not None else dummy,
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, call.order, out, ws, chunk, states),
         *strides, *out_strides, *ws_strides, *order_strides, *call.sizes(),
         CARRY=chunk is not None and (call.n_tiles > 1 or initial_state is not None), SAVE_CHUNKS=save_chunks,
         RET_STATES=states is not None, OUTPUT=output, **call.flags, num_warps=call.cfg.num_warps,
     )
 
 
-def _workspace(call: _Call, device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """fp32 (B, 1, D, L) canonical view of a natural-layout workspace (and the tensor itself)."""
-    return _natural(call.batch, None, call.Dm, call.L, torch.float32, device, channels_last)
+def _workspace(call: _Call, device, channels_last: bool) -> Tensor:
+    """An fp32 natural-layout (B, D, L) workspace, as its canonical (B, 1, D, L) view."""
+    return _natural(call.batch, None, call.Dm, call.L, torch.float32, device, channels_last)[1]
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
@@ -714,7 +721,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     device = u.device
     out, out_view = _natural(call.batch, call.K if call.merge == 0 else None, call.Dm, call.L,
                              out_dtype or torch.float32, device, channels_last)
-    ws = _workspace(call, device, channels_last)[1] if call.merge and call.K > 1 else None
+    ws = _workspace(call, device, channels_last) if call.merge and call.K > 1 else None
     save_chunks = call.n_tiles > 1 or return_last_state
     chunk = call.chunk_buffer(initial_state, device) if save_chunks or initial_state is not None else None
     states = _new((call.batch, call.K, call.Dm, call.L, call.N), torch.float32, device) if return_states else None
@@ -738,45 +745,30 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "bwd")
-    device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
+    device, K = u.device, call.K
     carry = call.n_tiles > 1 or initial_state is not None
     chunk = call.chunk_buffer(initial_state, device) if carry else None
     if call.n_tiles > 1:  # recompute the state entering every tile (reads u, delta, B once; writes chunk only)
         _forward(call, u, delta, A, z, initial_state, None, None, None, chunk, None, False, True)
-    gc = _new((batch, K, 2, Dm, N), torch.float32, device)
+    gc = _new((call.batch, K, 2, call.Dm, call.N), torch.float32, device)  # adjoint carry, see _bwd_kernel
+    entry = gc[:, :, (call.n_tiles - 1) % 2]
     if dlast is None:
-        gc[:, :, (call.n_tiles - 1) % 2].zero_()
+        entry.zero_()
     else:
-        gc[:, :, (call.n_tiles - 1) % 2].copy_(dlast)
-    # dy as a canonical (B, K|1, D, L) view of the natural layout of y
-    if call.merge == 0:
-        dy_view = dy.movedim(1, -1) if channels_last else dy
-    else:
-        dy_view = (dy.movedim(1, -1) if channels_last else dy).unsqueeze(1)
+        entry.copy_(dlast)
+    dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
-    Kb = call.B.shape[1]
-    dB = torch.zeros((batch, Kb, call.G, N, L), dtype=torch.float32, device=device)
-    dC = torch.zeros((batch, Kb, call.G, N, L), dtype=torch.float32, device=device)
-    dA = torch.zeros((A.shape[0], Dm, N), dtype=torch.float32, device=device)
-    Kx = K if call.flags["X_ROUTES"] else 1
-    dD = torch.zeros((Kx, Dm), dtype=torch.float32, device=device) if D is not None else None
-    dbias = torch.zeros((Kx, Dm), dtype=torch.float32, device=device) if delta_bias is not None else None
-    shared = K > 1
-    wsu = _workspace(call, device, channels_last)[1] if shared and u.shape[1] == 1 else None
-    wsdl = _workspace(call, device, channels_last)[1] if shared and delta.shape[1] == 1 else None
-    wsz = _workspace(call, device, channels_last)[1] if shared and z is not None else None
+    dB, dC, dA, dD, dbias = _accumulators(call, A, D, delta_bias, device)
+    # inputs shared by the routes: their gradients are summed over routes in fp32 workspaces
+    wsu, wsdl, wsz = (_workspace(call, device, channels_last) if K > 1 and shared else None
+                      for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
     ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0))
     strides, order_strides = call.input_strides(u, delta, A, z)
     dz_strides = dz.stride() if dz is not None else (0, 0, 0)
-    dummy = u
     _bwd_kernel[call.grid](
-        u, delta, A, call.B, call.C, call.D if call.D is not None else dummy, z if z is not None else dummy,
-        call.bias if call.bias is not None else dummy, order, dy_view, chunk if chunk is not None else dummy, gc,
-        dstates if dstates is not None else dummy,
-        du, ddelta, dB, dC, dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy,
-        dz if dz is not None else dummy, wsu if wsu is not None else dummy, wsdl if wsdl is not None else dummy,
-        wsz if wsz is not None else dummy,
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, dy_view, chunk, gc, dstates, du,
+                   ddelta, dB, dC, dA, dD, dbias, dz, wsu, wsdl, wsz),
         *strides, *dy_view.stride(), *order_strides, *du.stride(), *ddelta.stride(), *dz_strides, *ws_strides,
         *dB.stride()[:4], *call.sizes(),
         CARRY=carry, HAS_DSTATES=dstates is not None, **call.flags, num_warps=call.cfg.num_warps,
@@ -787,6 +779,23 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
     dbias = None if dbias is None else _fold_routes(dbias, delta_bias.shape[0], dim=0).to(delta_bias.dtype)
     dinit = gc[:, :, 1].contiguous() if initial_state is not None else None
     return [du, ddelta, dA.to(A.dtype), dB, dC, dD, dz, dbias, dinit]
+
+
+def _canonical_dy(dy: Tensor, merge: int, channels_last: bool) -> Tensor:
+    """dy in the natural layout of y as a canonical (B, K or 1, D, L) view."""
+    dy = dy.movedim(1, -1) if channels_last else dy
+    return dy if merge == 0 else dy.unsqueeze(1)
+
+
+def _accumulators(call: _Call, A: Tensor, D: Tensor | None, delta_bias: Tensor | None, device):
+    """Zeroed fp32 buffers the backward adds into: dB, dC (B, Kb, G, N, L), dA (Ka, D, N), dD, ddelta_bias (Kx, D)."""
+    def zeros(*shape):
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+
+    Kx = call.K if call.flags["X_ROUTES"] else 1
+    bc = (call.batch, call.B.shape[1], call.G, call.N, call.L)
+    return (zeros(*bc), zeros(*bc), zeros(A.shape[0], call.Dm, call.N),
+            zeros(Kx, call.Dm) if D is not None else None, zeros(Kx, call.Dm) if delta_bias is not None else None)
 
 
 def _fold_routes(g: Tensor, k_input: int, dim: int = 1) -> Tensor:
