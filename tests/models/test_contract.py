@@ -24,6 +24,12 @@ TEST_MODELS = [name for name in MODELS if name.startswith("test_")]
 BATCH = 2
 
 
+def _params(names: list[str]) -> list:
+    """Full-size models (tens of millions of parameters) run in the slow suite (``-m slow``); the tiny ``test_*``
+    variant of each family, built from the same code, keeps the default CPU run within its time budget."""
+    return [name if name.startswith("test_") else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
 def _cfg(name: str) -> dict:
     return timm.models.get_pretrained_cfg(name).to_dict()
 
@@ -65,7 +71,7 @@ def test_harness_sees_models():
     assert all(timm.is_model(name) for name in MODELS)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", _params(CLASSIFIERS))
 def test_classifier_api(name):
     model = _create(name)
     x = _input(name)
@@ -92,7 +98,7 @@ def test_classifier_api(name):
         assert isinstance(model.get_classifier(), torch.nn.Module)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", _params(CLASSIFIERS))
 def test_no_weight_decay_patterns_match(name):
     model = _create(name)
     params = [n for n, _ in model.named_parameters()]
@@ -101,7 +107,7 @@ def test_no_weight_decay_patterns_match(name):
     assert isinstance(model.group_matcher(), dict)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", _params(CLASSIFIERS))
 def test_forward_intermediates_and_features_only(name):
     model = _create(name)
     x = _input(name)
@@ -127,7 +133,7 @@ def test_forward_intermediates_and_features_only(name):
         _assert_map_size(m, x, reduction)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", _params(CLASSIFIERS))
 def test_grad_checkpointing_same_output(name):
     model = _create(name)
     x = _input(name)
@@ -146,7 +152,7 @@ def _outputs(result) -> list[torch.Tensor]:
     return [t for item in result for t in _outputs(item)]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _params(MODELS))
 def test_backward_gives_finite_grads(name):
     model = _create(name).train()
     out = _outputs(model(_input(name)))
