@@ -104,7 +104,8 @@ def reference_forward(*args):
     return reference.selective_scan(*args)
 
 
-# Each case: (id, make_case kwargs, merge). Spatial sizes give routes of 2-3 tiles (MAX_T = 32 in the fixture).
+# Each case: (id, make_case kwargs, merge). Spatial sizes give routes of 2-3 tiles (MAX_T = 32, see
+# run_interpreted_case).
 CASES = [
     ("bidi-mean-z-init-states", dict(batch=1, Dm=4, N=3, G=1, spatial=(45,), routes=directions.bidi(45),
                                      per_route_u=True, init=True), "mean"),
