@@ -146,7 +146,8 @@ def _run(c: Canonical, delta_softplus: bool, merge: str | None, return_last_stat
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, c.order, c.inverse,
             delta_softplus, merge or "none", c.channels_last, return_last_state, return_states, out_dtype)
     if torch.onnx.is_in_onnx_export():  # trace the standard ops of the exportable path into the ONNX graph
-        return _load("chunked").selective_scan(*args)
+        with torch.no_grad():  # an inference graph; chunked writes into reused buffers (out=), which autograd refuses
+            return _load("chunked").selective_scan(*args)
     if os.environ.get("SSMZOO_BACKEND") == "reference":  # the definition, differentiated by autograd (debugging)
         return reference.selective_scan(*args)
     y, last, states = torch.ops.ssmzoo.selective_scan(*args)
