@@ -528,7 +528,7 @@ default_cfgs = generate_default_cfgs({
     "mambatasnet_xs": _cfg(paper_ids="arXiv:2407.09732", paper_name="Speech Slytherin"),
     "mambatasnet_s": _cfg(paper_ids="arXiv:2407.09732", paper_name="Speech Slytherin"),
     "mambatasnet_m": _cfg(paper_ids="arXiv:2407.09732", paper_name="Speech Slytherin"),
-    "test_dpmamba": _cfg(input_size=(4000,), min_input_size=(400,), license=None),
+    "test_dpmamba": _cfg(input_size=(1200,), min_input_size=(400,), license=None),
 })
 
 
