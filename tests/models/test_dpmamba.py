@@ -46,7 +46,7 @@ def test_waveform_shapes_and_short_input():
         assert model(torch.randn(800)).shape == (2, 800)
         with pytest.raises(ValueError, match="shorter than the encoder kernel"):
             model(torch.randn(1, 15))
-    assert model.pretrained_cfg["input_size"] == (4000,) and model.pretrained_cfg["classifier"] is None
+    assert model.pretrained_cfg["input_size"] == (1200,) and model.pretrained_cfg["classifier"] is None
 
 
 def _fixture():
