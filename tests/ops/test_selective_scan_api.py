@@ -76,6 +76,20 @@ def test_flat_and_grid_tensors_agree_and_named_routes():
     assert torch.equal(selective_scan(**dict(kw, routes="cross2d")), y_grid)
 
 
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_outputs_are_contiguous_in_their_layout(layout):
+    """The op's outputs have the strides its fake implementation promises (torch.compile relies on them)."""
+    kw = _vmamba_args()
+    if layout == "channels_last":
+        kw.update(u=kw["u"].permute(0, 2, 3, 1), delta=kw["delta"].permute(0, 3, 4, 1, 2),
+                  B=kw["B"].permute(0, 4, 5, 1, 2, 3), C=kw["C"].permute(0, 4, 5, 1, 2, 3))
+    for merge in ("sum", None):
+        out, last, states = selective_scan(**kw, merge=merge, layout=layout, return_last_state=True,
+                                           return_states=True)
+        assert out.is_contiguous() and last.is_contiguous() and states.is_contiguous()
+        assert last.shape == (2, 4, 4, 2) and states.shape == (2, 4, 4, 15, 2)
+
+
 def test_dispatch(monkeypatch):
     monkeypatch.delenv("SSMZOO_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -80,7 +80,8 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
         u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge, channels_last,
         return_last_state, return_states, out_dtype)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    return y.contiguous(), _empty(last, u, dtype), _empty(states, u, dtype)
+    # contiguous, as the fake promises (compiled code relies on the fake's strides)
+    return y.contiguous(), _empty(last, u, dtype).contiguous(), _empty(states, u, dtype).contiguous()
 
 
 @_scan_op.register_fake

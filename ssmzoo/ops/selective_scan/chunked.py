@@ -9,8 +9,9 @@ passes run their T steps for all chunks (and batches, routes, channels, states) 
    starting from initial_state (nc steps on (B, K, D, N) states);
 3. scan: every chunk again from its carry, emitting y_t = C_t . h_t (and h_t when asked).
 
-The backward recomputes the states, runs the adjoint recurrence the same way in reverse time, then forms every
-gradient with a handful of block-wide operations.
+The backward keeps, from one forward pass, only the state entering every block of steps, then walks the blocks in
+reverse: each block's states and decays are recomputed in cache-sized buffers, the adjoint recurrence runs in
+reverse time (chunk carries as in the forward), and every gradient is formed with a few block-wide operations.
 
 Why this shape: Mamba-1 has one decay per (channel, state), so the recurrence does not reduce to matrix
 products; its cost is a few elementwise operations per (b, k, d, l, n), and on a CPU what counts is the number of
@@ -42,7 +43,7 @@ from torch import Tensor
 from ssmzoo.ops.selective_scan.common import compute_dtype, epilogue
 
 STEP_ELEMENTS = 1 << 14  # aim for one step's state over all chunks, B*K*D*N*nc, of at least this many entries
-BLOCK_ELEMENTS = 1 << 17  # and for blocks of Tb steps of about this many (a few such operands stay in cache)
+BLOCK_ELEMENTS = 1 << 18  # and for blocks of Tb steps of about this many (a few such operands stay in cache)
 
 
 def plan(L: int, elements: int) -> tuple[int, int, int]:
@@ -88,9 +89,9 @@ class _Chunks:
     States are (B, K, G, nc, N, Dg), channels innermost. Per channel (T, B, K, G, nc, 1, Dg): dt, u, du = dt * u
     (dt and du are 0 on padded steps). Per group (T, B, K, G, nc, N, 1): B, C. A: (1, Ka, G, 1, N, Dg), and
     A2 = A log2(e): decays are exp2(dt * A2), about twice as fast as exp on CPUs. chunk_decay: exp(A * sum of dt
-    over each chunk), (B, K, G, nc, N, Dg), when nc > 1. x: delta + delta_bias before the softplus as route-order
-    rows (B, K, nc * T, D). valid: 1 on real steps, 0 on padded ones, (nc * T,), None without padding. index: the
-    routes' order padded to (Bi, K, nc * T).
+    over each chunk), (B, K, G, nc, N, Dg), when nc > 1. x and dt_rows: delta + delta_bias before and after the
+    softplus, as route-order rows (B, K, nc * T, D). valid: 1 on real steps, 0 on padded ones, (nc * T,), None
+    without padding. index: the routes' order padded to (Bi, K, nc * T).
     """
 
     L: int
@@ -101,6 +102,7 @@ class _Chunks:
     index: Tensor
     valid: Tensor | None
     x: Tensor
+    dt_rows: Tensor
     dt: Tensor
     u: Tensor | None
     du: Tensor
@@ -181,8 +183,8 @@ def _chunks(u, delta, A, B, C, delta_bias, order, delta_softplus, dtype, backwar
     ur = _gather_rows(_rows(u), index).to(dtype)
     A = A.to(dtype).unflatten(1, (G, Dm // G)).transpose(-1, -2)[None, :, :, None].contiguous()
     du = dt * ur if backward else ur.mul_(dt)
-    ch = _Chunks(L=L, T=T, nc=nc, Tb=Tb, G=G, index=index, valid=valid, x=x, dt=dt, u=None, du=du, B=B, C=C,
-                 A=A, A2=A * math.log2(math.e), chunk_decay=None)
+    ch = _Chunks(L=L, T=T, nc=nc, Tb=Tb, G=G, index=index, valid=valid, x=x, dt_rows=dt, dt=dt, u=None, du=du,
+                 B=B, C=C, A=A, A2=A * math.log2(math.e), chunk_decay=None)
     ch.B = ch.group_steps(_gather_rows(_rows(B), index).to(dtype))
     ch.C = ch.group_steps(_gather_rows(_rows(C), index).to(dtype))
     ch.dt, ch.du = ch.steps(dt, masked=True), ch.steps(du, masked=True)
@@ -351,7 +353,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
         d_dt[j] = torch.addcmul(torch.mul(w, ch.A, out=product).sum(-2, keepdim=True), d_du[j], ch.u[t0:t1])
         dA = dA + torch.mul(w, ch.dt[t0:t1], out=product).sum((0, 1, 4))
     d_du, ddt = ch.rows(torch.cat(d_du)), ch.rows(torch.cat(d_dt))
-    du_route = (F.softplus(ch.x) if delta_softplus else ch.x) * d_du
+    du_route = ch.dt_rows * d_du
     if delta_softplus:
         ddt = ddt * torch.where(ch.x > 20, torch.ones_like(ch.x), torch.sigmoid(ch.x))
     grads["C"] = _natural(ch.group_rows(torch.cat(dC)), inverse, C.shape[1] == 1)
