@@ -301,7 +301,9 @@ class VSSM(nn.Module):
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_head or prune_end:
-            self.head.reset(0, pool_type="", in_features=self.num_features)
+            # the head's new input width set directly: reset()'s in_features argument needs timm >= 1.0.31
+            self.head.in_features = self.num_features
+            self.head.reset(0, pool_type="")
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

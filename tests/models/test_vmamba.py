@@ -121,6 +121,17 @@ def test_backbone_out_norms_map_and_apply():
         torch.testing.assert_close(normed[i], manual.permute(0, 3, 1, 2))
 
 
+def test_features_only_with_the_oldest_supported_timm_head(monkeypatch):
+    """pyproject allows timm >= 1.0.21, whose ClassifierHead.reset() has no in_features argument (timm 1.0.31 added
+    it): pruning the model for features_only must work with the old signature."""
+    original = timm.layers.ClassifierHead.reset
+    monkeypatch.setattr(timm.layers.ClassifierHead, "reset",
+                        lambda self, num_classes, pool_type=None: original(self, num_classes, pool_type))
+    features = timm.create_model("test_vmamba", features_only=True, out_indices=(1, 2))
+    assert features.model.head.in_features == features.model.num_features == 64
+    assert [m.shape[1] for m in features(torch.randn(1, 3, 64, 64))] == [32, 64]
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(forward_type="v05_oact"), "forward_type"),
     (dict(forward_type="m0_noz"), "forward_type"),
