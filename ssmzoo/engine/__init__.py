@@ -13,7 +13,8 @@ base configs in ``configs/_base_`` do) and ``default_scope = "mmengine"``:
 - metrics (``METRICS``): ``Accuracy`` (top-k), ``IoUMetric`` (mmseg's mIoU / mAcc / aAcc), ``SeparationMetric``
   (SI-SNR(i), SDR(i));
 - ``ZooOptimWrapperConstructor`` (no decay from the model, layer-wise lr decay), ``SeededIterBasedTrainLoop``
-  (exact resume), ``ParamSyncCheckHook`` (DDP check);
+  (exact resume), ``ParamSyncCheckHook`` (DDP check),
+  ``ComputeDtypeHook`` (logs the dtype training computes in: AMP check), ``FiniteLossHook``;
 - checkpoint loading through an allow-list of the classes mmengine's own checkpoints pickle
   (:mod:`ssmzoo.engine.checkpoint`), so ``--resume`` works with torch >= 2.6's weights-only loading.
 """
@@ -21,7 +22,7 @@ from . import checkpoint, datasets, hooks, loops, metrics, models, optim, separa
 from .checkpoint import load_from_local_safely
 from .collate import list_collate
 from .datasets import ADE20KDataset, ImageNetFolder, SegmentationFolder
-from .hooks import ParamSyncCheckHook
+from .hooks import ComputeDtypeHook, FiniteLossHook, ParamSyncCheckHook
 from .loops import SeededIterBasedTrainLoop
 from .metrics import Accuracy, IoUMetric
 from .models import ImageClassifier, SegDataPreprocessor, Segmentor
@@ -31,6 +32,8 @@ from .separation import SeparationMetric, SpeechSeparator
 __all__ = [
     "ADE20KDataset",
     "Accuracy",
+    "ComputeDtypeHook",
+    "FiniteLossHook",
     "ImageClassifier",
     "ImageNetFolder",
     "IoUMetric",
