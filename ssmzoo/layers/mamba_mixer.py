@@ -133,27 +133,38 @@ class MambaMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, L, d_model) -> (B, L, d_model), same dtype."""
         E, R, N = self.d_inner, self.dt_rank, self.d_state
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L), a view
-        x, z = xz[:, :E], xz[:, E:]
-        us, deltas, Bs, Cs, As, Ds, biases = [], [], [], [], [], [], []
-        for conv, x_proj, dt_proj, A_log, D in self._directions():
-            u = conv(x)  # (B, E, L)
-            dt, B, C = torch.split(x_proj(u.transpose(1, 2)), [R, N, N], dim=-1)  # (B, L, .)
-            us.append(u)
-            deltas.append(F.linear(dt, dt_proj.weight).transpose(1, 2))  # bias goes in as delta_bias
-            Bs.append(B.transpose(1, 2))
-            Cs.append(C.transpose(1, 2))
-            As.append(-torch.exp(A_log.float()))
-            Ds.append(D.float())
-            biases.append(dt_proj.bias.float())
-        # Per-route tensors: u, delta (B, K, E, L); B, C (B, K, G=1, N, L); A (K, E, N); D, delta_bias (K, E).
+        # The scan's activations go channels-last on the CPU: the chunked path then reads u, delta, z and writes y
+        # without any transposed copy (the prologue and epilogue of a call cost about half as much). CUDA keeps
+        # channels-first, the layout the Triton kernels are tuned for.
+        channels_last = not hidden_states.is_cuda
+        xz = self.in_proj(hidden_states)  # (B, L, 2E)
+        x, z = xz[..., :E], xz[..., E:]
+        directions = self._directions()
+        convs = [conv(x.transpose(1, 2)).transpose(1, 2) for conv, *_ in directions]  # (B, L, E) views
+        u = torch.stack(convs, 2 if channels_last else 1)  # (B, L, K, E) | (B, K, L, E), one copy either way
+        deltas, Bs, Cs = [], [], []
+        for k, (_, x_proj, dt_proj, _, _) in enumerate(directions):
+            dt, B, C = torch.split(x_proj(u[:, :, k] if channels_last else u[:, k]), [R, N, N], dim=-1)  # (B, L, .)
+            deltas.append(F.linear(dt, dt_proj.weight))  # (B, L, E); the bias goes in as delta_bias
+            Bs.append(B)
+            Cs.append(C)
+        if channels_last:
+            # Per-route tensors: u, delta (B, L, K, E); B, C (B, L, K, G=1, N); z (B, L, E).
+            delta, B, C = torch.stack(deltas, 2), torch.stack(Bs, 2).unsqueeze(3), torch.stack(Cs, 2).unsqueeze(3)
+        else:
+            # Per-route tensors: u, delta (B, K, E, L); B, C (B, K, G=1, N, L); z (B, E, L).
+            u, z = u.transpose(2, 3), z.transpose(1, 2)
+            delta = torch.stack(deltas, 1).transpose(2, 3)
+            B, C = torch.stack(Bs, 1).transpose(2, 3).unsqueeze(2), torch.stack(Cs, 1).transpose(2, 3).unsqueeze(2)
         y = selective_scan(
-            torch.stack(us, 1), torch.stack(deltas, 1), torch.stack(As), torch.stack(Bs, 1).unsqueeze(2),
-            torch.stack(Cs, 1).unsqueeze(2), D=torch.stack(Ds), z=z, delta_bias=torch.stack(biases),
-            delta_softplus=True, routes="bidi" if len(us) == 2 else "forward",
-            merge="mean" if self.if_divide_out and len(us) == 2 else "sum", out_dtype=x.dtype,
-        )  # (B, E, L)
-        out = self.out_proj(y.transpose(1, 2))
+            u, delta, torch.stack([-torch.exp(d[3].float()) for d in directions]), B, C,
+            D=torch.stack([d[4].float() for d in directions]), z=z,
+            delta_bias=torch.stack([d[2].bias.float() for d in directions]), delta_softplus=True,
+            routes="bidi" if len(directions) == 2 else "forward",
+            merge="mean" if self.if_divide_out and len(directions) == 2 else "sum", out_dtype=x.dtype,
+            layout="channels_last" if channels_last else "channels_first",
+        )  # (B, L, E) | (B, E, L)
+        out = self.out_proj(y if channels_last else y.transpose(1, 2))
         return out * self.gamma if self.gamma is not None else out
 
     def extra_repr(self) -> str:

@@ -117,10 +117,13 @@ def test_long_sequence_large_delta_is_finite_and_accurate():
 
 
 @pytest.mark.parametrize("step_elements, block_elements", [(1, 1), (1, 200), (1 << 30, 1), (1 << 30, 500)])
-def test_every_plan_matches_reference(monkeypatch, step_elements, block_elements):
-    """One chunk or sqrt(L) chunks, blocks of one step or several: the same result to fp64 rounding."""
+@pytest.mark.parametrize("slice_elements", [1 << 30, 1])
+def test_every_plan_matches_reference(monkeypatch, step_elements, block_elements, slice_elements):
+    """One chunk or sqrt(L) chunks, blocks of one step or several, the batch whole or in slices of one sample
+    (per-sample routes and initial states cut with it): the same result to fp64 rounding."""
     monkeypatch.setattr(chunked, "STEP_ELEMENTS", step_elements)
     monkeypatch.setattr(chunked, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(chunked, "SLICE_ELEMENTS", slice_elements)
     g = torch.Generator().manual_seed(6)
     b, K, Dm, L, N, G = 2, 2, 4, 23, 3, 2
     f64 = dict(dtype=torch.float64)
