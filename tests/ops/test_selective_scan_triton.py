@@ -127,6 +127,14 @@ CASES = [
 ]
 
 
+# The bidi cases above run the sequential kernels with channel tiles wider than D (per-channel B/C rows); this one
+# fills whole tiles (one B/C row per tile, dB/dC summed over the tile's channels).
+CASES.append(("bidi-whole-channel-tiles", dict(batch=2, Dm=32, N=4, G=1, spatial=(19,), routes=directions.bidi(19),
+                                               per_route_u=True, init=True), "sum"))
+# Grid and permutation routes dispatch to the tile kernels; the sequential kernels support them too (checked here
+# by calling them directly).
+SEQ_GRID_CASE = ("cross2d-groups-shared-u", "permutations-per-sample-staged-bc")
+
 BF16_CASE = dict(batch=1, Dm=4, N=4, G=1, spatial=(36,), routes=directions.bidi(36), per_route_u=True,
                  dtype=torch.bfloat16)
 LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cross2d(9, 8), per_route_u=True,
@@ -147,10 +155,29 @@ def run_interpreted_case(case_id: str) -> None:
         check_against(kernels, reference_forward, reference_backward, make_case(**LARGE_CASE),
                       LARGE_CASE["routes"], "channels_first", "mean")
         return
+    module = kernels
+    if case_id.startswith("sequential:"):  # the sequential kernels called directly, whatever the routes
+        case_id = case_id.split(":", 1)[1]
+        module = _SequentialKernels(kernels)
     case, merge = next((dict(c[1]), c[2]) for c in CASES if c[0] == case_id)
     softplus = case.pop("softplus", True)
-    check_against(kernels, reference_forward, reference_backward, make_case(**case, softplus=softplus),
+    check_against(module, reference_forward, reference_backward, make_case(**case, softplus=softplus),
                   case["routes"], case.get("layout", "channels_first"), merge or "none", softplus=softplus)
+
+
+class _SequentialKernels:
+    """The module interface of the kernels with dispatch bypassed: always the sequential kernels."""
+
+    def __init__(self, kernels):
+        self.k = kernels
+
+    def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, *rest):
+        return self.k._seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, *rest)
+
+    def selective_scan_backward(self, dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
+                                inverse, delta_softplus, merge, channels_last, out_dtype):
+        return self.k._seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
+                                    delta_softplus, merge, channels_last)
 
 
 def interpret(case_ids: list[str]) -> dict[str, str]:
@@ -164,12 +191,15 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+INTERPRETED = [c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
+
+
 @pytest.fixture(scope="module")
 def interpreted_results():
-    return interpret([c[0] for c in CASES] + ["bf16"])
+    return interpret(INTERPRETED)
 
 
-@pytest.mark.parametrize("case_id", [c[0] for c in CASES] + ["bf16"])
+@pytest.mark.parametrize("case_id", INTERPRETED)
 def test_interpreted_matches_reference(interpreted_results, case_id):
     assert interpreted_results[case_id] == ""
 
@@ -190,6 +220,23 @@ def test_route_kinds_are_index_arithmetic():
     assert kinds(directions.permutation(torch.tensor([2, 0, 1])))[0] == (2,)
     per_sample = directions.permutation(torch.stack([torch.arange(4), torch.arange(4).flip(0)]))
     assert kinds(per_sample)[0] == (2,)
+
+
+def test_routes_first_used_under_inference_mode_then_with_autograd():
+    """Routes put on a device inside torch.inference_mode hold inference tensors: the kernels' route cache and
+    a later autograd call must both work (the op uses plain copies of them)."""
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    routes = directions.bidi(6)
+    tensors = make_case(batch=1, Dm=2, N=2, G=1, spatial=(6,), routes=routes, per_route_u=True)
+    with torch.inference_mode():
+        order = routes.index("cpu")[0]
+        assert kernels.route_kinds(order)[0] == (0, 0)
+        selective_scan(**tensors, routes=routes, merge="sum")
+    leaf = tensors["u"].clone().requires_grad_()
+    out = selective_scan(**{**tensors, "u": leaf}, routes=routes, merge="sum")
+    out.sum().backward()
+    assert torch.isfinite(leaf.grad).all()
 
 
 def test_bad_input_errors():

@@ -13,6 +13,7 @@ import functools
 import importlib
 import os
 import warnings
+import weakref
 from types import ModuleType
 
 import torch
@@ -142,9 +143,26 @@ def _backward(ctx, dy, dlast, dstates):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+_plain_copies: dict[int, tuple[weakref.ref, Tensor]] = {}
+
+
+def _plain(x: Tensor) -> Tensor:
+    """x, or outside inference mode a kept plain copy of an inference tensor: routes first put on a device under
+    torch.inference_mode hold inference tensors, which autograd may not save (the copy is made once per tensor)."""
+    if not x.is_inference() or torch.is_inference_mode_enabled():
+        return x
+    key = id(x)
+    hit = _plain_copies.get(key)
+    if hit is None or hit[0]() is not x:
+        hit = (weakref.ref(x, lambda _: _plain_copies.pop(key, None)), x.clone())
+        _plain_copies[key] = hit
+    return hit[1]
+
+
 def _run(c: Canonical, delta_softplus: bool, merge: str | None, return_last_state: bool, return_states: bool,
          out_dtype: torch.dtype | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, c.order, c.inverse,
+    order, inverse = _plain(c.order), _plain(c.inverse)
+    args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, order, inverse,
             delta_softplus, merge or "none", c.channels_last, return_last_state, return_states, out_dtype)
     if torch.onnx.is_in_onnx_export():  # trace the standard ops of the exportable path into the ONNX graph
         with torch.no_grad():  # an inference graph; chunked writes into reused buffers (out=), which autograd refuses

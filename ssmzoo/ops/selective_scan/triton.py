@@ -4,7 +4,18 @@ Same contract as ``reference.selective_scan`` (the definition) and ``chunked.sel
 (B, Ku, D, L); A (Ka, D, N); B, C (B, Kb, G, N, L); D, delta_bias (Kx, D); z (B, D, L); initial_state (B, K, D, N);
 order (Bi, K, L), any strides, natural (spatial) positions. Nothing is copied into route order.
 
-How the work is split:
+Two kernel families share the contract:
+
+- Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; ``sequential``): one
+  program = one warp of channels, each thread walks its channel's route step by step with the N states in
+  registers (the backward splits N over two half-warps). Tiles of 8 steps are loaded coalesced along time and split
+  into steps in registers; the next block is prefetched into L1. The backward runs a forward pass that writes the
+  state entering every block of 8 steps ((B, K, L/8, N, D) fp32, never (B, D, L, N)), then walks the blocks in
+  reverse, recomputing each block's states in two halves, summing dB/dC over the warp's channels before one
+  atomic add per (step, state). No lane exchange in the forward.
+- Tile kernels (grid routes: VMamba's column-major walks; permutations), described below.
+
+How the tile kernels split the work:
 
 - One program per (batch, tile of BLOCK_D channels); it runs the K routes one after the other. Several channels per
   program keep short sequences (L = 34, 197) from wasting lanes, and let the backward sum dB and dC over the
@@ -462,6 +473,532 @@ def _bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Sequential kernels (1-D routes): a thread walks one channel's route step by step, its N states in registers
+# ----------------------------------------------------------------------------------------------------------------
+# Tiles of 8 steps by BLOCK_D channels are loaded coalesced along time, then split into their 8 steps (tl.split
+# moves the time axis into registers: Triton transposes the tile through shared memory once); the (N, BLOCK_D)
+# state tensors are kept in the layout "lanes = channels, states in registers" by loading and storing them flat
+# with strides hidden from the compiler (`one`). B and C come from staged (B, K, G, L, N) fp32 rows, one 16-byte
+# broadcast load per 4 states. Nothing crosses lanes in the forward; the backward sums dB and dC over the warp's
+# channels (the only shuffles) before one atomic add per (step, state).
+
+
+@triton.jit
+def _split2(x):
+    """[BD, 2 * S] -> (even steps, odd steps), each [BD, S]; the time axis is moved into registers."""
+    return tl.split(tl.reshape(x, [x.shape[0], x.shape[1] // 2, 2]))
+
+
+@triton.jit
+def _split8(x):
+    """The 8 steps of a [BD, 8] tile, as [BD] vectors in step order."""
+    e, o = _split2(x)  # steps 0 2 4 6 / 1 3 5 7
+    ee, eo = _split2(e)  # 0 4 / 2 6
+    oe, oo = _split2(o)  # 1 5 / 3 7
+    x0, x4 = tl.split(ee)
+    x2, x6 = tl.split(eo)
+    x1, x5 = tl.split(oe)
+    x3, x7 = tl.split(oo)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+
+
+@triton.jit
+def _join2(a, b):
+    """Interleave two [BD, S] tensors into [BD, 2 * S] (a at even steps)."""
+    return tl.reshape(tl.join(a, b), [a.shape[0], 2 * a.shape[1]])
+
+
+@triton.jit
+def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """Inverse of _split8: [BD, 8] from the 8 steps."""
+    return _join2(_join2(tl.join(x0, x4), tl.join(x2, x6)), _join2(tl.join(x1, x5), tl.join(x3, x7)))
+
+
+
+
+@triton.jit
+def _tile(x, BD: tl.constexpr):
+    """A flat (state-major, channel fastest) vector as an (NP, BD) tile: lanes = channels, states in registers.
+
+    With BD = 16 channels per warp the states are split over the warp's two half-warps: the flat order then
+    holds state pairs (n, n + NP / 2) together (``_state_of``), so that each thread's NP / 2 states are contiguous
+    rows of the staged B and C (16-byte loads)."""
+    if BD >= 32 or x.shape[0] < 2 * BD:
+        return tl.reshape(x, [x.shape[0] // BD, BD])
+    else:
+        half: tl.constexpr = x.shape[0] // BD // 2
+        return tl.reshape(tl.permute(tl.reshape(x, [half, 2, BD]), [1, 0, 2]), [2 * half, BD])
+
+
+@triton.jit
+def _flat(x):
+    """Inverse of ``_tile``."""
+    if x.shape[1] >= 32 or x.shape[0] < 2:
+        return tl.reshape(x, [x.shape[0] * x.shape[1]])
+    else:
+        half: tl.constexpr = x.shape[0] // 2
+        return tl.reshape(tl.permute(tl.reshape(x, [2, half, x.shape[1]]), [1, 0, 2]), [x.shape[0] * x.shape[1]])
+
+
+@triton.jit
+def _state_of(q, NP: tl.constexpr, BD: tl.constexpr):
+    """The state held at row q of the flat order (see ``_tile``)."""
+    if BD >= 32 or NP < 2:
+        return q
+    else:
+        return (q % 2) * (NP // 2) + q // 2
+
+
+@triton.jit
+def _prefetch(ptrs, ON: tl.constexpr):
+    """Ask for the cache lines at ``ptrs`` in L1 ahead of their use (a hint: no effect on results). The sequential
+    kernels hold few warps per SM, so the next block's rows are requested a block early. Off under the
+    interpreter, which runs no inline PTX."""
+    if ON:
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
+def _next_block(j, n_sub, REV: tl.constexpr):
+    """The block a route walks after block j (itself at the route's end)."""
+    if REV:
+        return tl.maximum(j - 1, 0)
+    else:
+        return tl.minimum(j + 1, n_sub - 1)
+
+
+@triton.jit
+def _fstep(h, A2, u_i, dt_i, s, L, H, W, order_row, b_row, c_row, st_row, smask, N,
+           KIND: tl.constexpr, NP: tl.constexpr, RET_STATES: tl.constexpr):
+    """One step of a route: base-order step s (scalar); h (NP, BD) -> h, y (BD,)."""
+    pos = _positions(s, L, H, W, order_row, KIND)
+    pos = tl.where(s < L, pos, 0)
+    nb = tl.arange(0, NP)[:, None]
+    Bi = tl.load(b_row + pos * NP + nb)  # (NP, 1), or (NP, BD) when the tile spans groups
+    Ci = tl.load(c_row + pos * NP + nb)
+    h = tl.exp2(dt_i[None, :] * A2) * h + Bi * (dt_i * u_i)[None, :]
+    if RET_STATES:
+        tl.store(st_row + pos * N, _flat(h), mask=smask & (s < L))
+    return h, tl.sum(Ci * h, 0)
+
+
+
+
+@triton.jit
+def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND: tl.constexpr,
+             REV: tl.constexpr, NP: tl.constexpr, RET_STATES: tl.constexpr):
+    """Eight steps s0 .. s0 + 7 (base order; walked backwards when REV) from [BD, 8] tiles u, dt: h -> h, y [BD, 8]."""
+    u0, u1, u2, u3, u4, u5, u6, u7 = _split8(u)
+    d0, d1, d2, d3, d4, d5, d6, d7 = _split8(dt)
+    if REV:
+        h, y7 = _fstep(h, A2, u7, d7, s0 + 7, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y6 = _fstep(h, A2, u6, d6, s0 + 6, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y5 = _fstep(h, A2, u5, d5, s0 + 5, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y4 = _fstep(h, A2, u4, d4, s0 + 4, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y3 = _fstep(h, A2, u3, d3, s0 + 3, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y2 = _fstep(h, A2, u2, d2, s0 + 2, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y1 = _fstep(h, A2, u1, d1, s0 + 1, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y0 = _fstep(h, A2, u0, d0, s0 + 0, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+    else:
+        h, y0 = _fstep(h, A2, u0, d0, s0 + 0, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y1 = _fstep(h, A2, u1, d1, s0 + 1, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y2 = _fstep(h, A2, u2, d2, s0 + 2, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y3 = _fstep(h, A2, u3, d3, s0 + 3, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y4 = _fstep(h, A2, u4, d4, s0 + 4, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y5 = _fstep(h, A2, u5, d5, s0 + 5, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y6 = _fstep(h, A2, u6, d6, s0 + 6, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        h, y7 = _fstep(h, A2, u7, d7, s0 + 7, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+    return h, _join8(y0, y1, y2, y3, y4, y5, y6, y7)
+
+
+
+
+@triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
+def _seq_fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr,
+    out_ptr, ws_ptr, last_ptr, states_ptr,
+    su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
+    sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_d, sws_l,
+    sord_b, sord_k,
+    L, H, W, Dm, N, n_sub, d_per_group, one,
+    K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
+    U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
+    X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
+    MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < Dm
+    t = tl.arange(0, 8)
+    # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
+    # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
+    e = tl.arange(0, NP * BLOCK_D) * one
+    en = _state_of(e // BLOCK_D, NP, BLOCK_D)
+    ed = pid_d * BLOCK_D + e % BLOCK_D
+    e_mask = (en < N) & (ed < Dm)
+    lane_line = (tl.arange(0, BLOCK_D) % ((8 * NP + 31) // 32)) * 32  # a block's staged B rows, one line per lane
+    for k in tl.static_range(K):
+        u_row0 = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + tl.minimum(d, Dm - 1) * su_d
+        dl_row0 = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + tl.minimum(d, Dm - 1) * sdl_d
+        u_row = u_row0[:, None]
+        dl_row = dl_row0[:, None]
+        A2 = _tile(tl.load(A_ptr + (k if A_ROUTES else 0) * sA_k + ed * sA_d + en * sA_n, mask=e_mask, other=0.0),
+                   BLOCK_D) * 1.4426950408889634
+        if SAME_GROUP:
+            grp = (pid_d * BLOCK_D) // d_per_group
+        else:
+            grp = (tl.minimum(d, Dm - 1) // d_per_group)[None, :]  # padding channels read a valid row
+        b_row = B_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp * sB_g
+        c_row = C_ptr + b * sB_b + (k if BC_ROUTES else 0) * sB_k + grp * sB_g
+        order_row = order_ptr + b * sord_b + k * sord_k
+        st_row = states_ptr + ((b * K + k) * Dm + ed) * L * N + en
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + (k if X_ROUTES else 0) * sbias_k + d, mask=dmask, other=0.0)
+        if HAS_D:
+            Dk = tl.load(D_ptr + (k if X_ROUTES else 0) * sD_k + d, mask=dmask, other=0.0)
+        if HAS_INIT:
+            h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
+        else:
+            h = tl.zeros([NP, BLOCK_D], tl.float32)
+        for jj in range(n_sub):
+            j = (n_sub - 1 - jj) if REVS[k] else jj
+            if PREFETCH:
+                jn = _next_block(j, n_sub, REVS[k]) * 8
+                _prefetch(u_row0 + jn * su_l, True)
+                _prefetch(dl_row0 + jn * sdl_l, True)
+                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
+                _prefetch(c_row + jn * NP + lane_line, SAME_GROUP)
+            s = j * 8 + t
+            tmask = s < L
+            pos = _positions(s, L, H, W, order_row, KINDS[k])
+            m2 = dmask[:, None] & tmask[None, :]
+            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias[:, None]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m2, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
+            s0 = j * 8
+            h, y = _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, e_mask, N, KINDS[k],
+                            REVS[k], NP, RET_STATES)
+            if HAS_D:
+                y += Dk[:, None] * u
+            ws = ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
+            if MERGE == 0 or k == K - 1:
+                if MERGE != 0 and K > 1:
+                    y += tl.load(ws, mask=m2, other=0.0)
+                if MERGE == 2:
+                    y = y / K
+                if HAS_Z:
+                    zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
+                                 other=0.0).to(tl.float32)
+                    y = y * zt * _sigmoid(zt)
+                o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + d[:, None] * so_d + pos[None, :] * so_l
+                tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m2)
+            else:
+                if k > 0:
+                    y += tl.load(ws, mask=m2, other=0.0)
+                tl.store(ws, y, mask=m2)
+        if RET_LAST:
+            tl.store(last_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(h), mask=e_mask)
+        tl.debug_barrier()  # the next route rereads the workspace
+
+
+@triton.jit
+def _pos_of(s, L, H, W, order_row, KIND: tl.constexpr):
+    """Natural position of base-order step s (scalar); 0 for padding steps s >= L."""
+    return tl.where(s < L, _positions(s, L, H, W, order_row, KIND), 0)
+
+
+@triton.jit
+def _rstep(h, A2, u_i, dt_i, s, L, H, W, order_row, b_row, KIND: tl.constexpr, NP: tl.constexpr):
+    """The state after base-order step s, from the state h before it (recomputation)."""
+    pos = _pos_of(s, L, H, W, order_row, KIND)
+    Bi = tl.load(b_row + pos * NP + tl.arange(0, NP)[:, None])
+    return tl.exp2(dt_i[None, :] * A2) * h + Bi * (dt_i * u_i)[None, :]
+
+
+@triton.jit
+def _sidx(s0, r: tl.constexpr, REV: tl.constexpr):
+    """Base-order step of the r-th route-order step of a block of 8 starting at base step s0."""
+    if REV:
+        return s0 + (7 - r)
+    else:
+        return s0 + r
+
+
+@triton.jit
+def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, REV: tl.constexpr,
+             NP: tl.constexpr):
+    """The state after a block of 8 steps (route order), from the state h before it."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
+    e0, e1, e2, e3, e4, e5, e6, e7 = _split8(dt)
+    if REV:
+        x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
+        e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
+    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
+    return _rstep(h, A2, x7, e7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, KIND, NP)
+
+
+@triton.jit
+def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
+           ndmask, N, KIND: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr, SAME_GROUP: tl.constexpr,
+           HAS_Z: tl.constexpr):
+    """Adjoint of base-order step s. ga: a_next * g_next (the adjoint flowing back into the state after step s);
+    hp: the state before step s. Returns the adjoint flowing into hp, dA, and per channel the gradient of dt
+    (before softplus), of u (scan part) and the scan output y (for dz)."""
+    pos = _pos_of(s, L, H, W, order_row, KIND)
+    valid = s < L
+    nb = tl.arange(0, NP)[:, None]
+    Bi = tl.load(b_row + pos * NP + nb)
+    Ci = tl.load(c_row + pos * NP + nb)
+    a = tl.exp2(dt_i[None, :] * A2)
+    dtu = dt_i * u_i
+    h = a * hp + Bi * dtu[None, :]
+    g = Ci * dy_i[None, :] + ga
+    if HAS_DSTATES:
+        g += _tile(tl.load(dst_row + pos * N, mask=smask & valid, other=0.0), A2.shape[1])
+    w = g * a * hp  # d loss / d (dt A): the exponent's gradient
+    dA += w * dt_i[None, :]
+    gB = tl.sum(g * Bi, 0)
+    ddt = tl.sum(w * A2, 0) * 0.6931471805599453 + u_i * gB
+    pB = g * dtu[None, :]
+    pC = h * dy_i[None, :]
+    if SAME_GROUP:  # one row of B and C for the whole tile: sum over its channels, then one atomic per state
+        tl.atomic_add(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid, sem="relaxed")
+        tl.atomic_add(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid, sem="relaxed")
+    else:
+        tl.atomic_add(db_row + pos * NP + nb, pB, mask=ndmask & valid, sem="relaxed")
+        tl.atomic_add(dc_row + pos * NP + nb, pC, mask=ndmask & valid, sem="relaxed")
+    if HAS_Z:
+        y = tl.sum(Ci * h, 0)
+    else:
+        y = gB * 0.0
+    return a * g, dA, ddt, dt_i * gB, y
+
+
+@triton.jit
+def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
+             N,
+             KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr):
+    """Backward through a block of 8 steps given the state entering it (at ``ck``) and the adjoint ga flowing back
+    from after it. The states of the block are recomputed in two halves of 4 (register budget): the first half is
+    run once to reach the second, whose states are kept for its adjoint, then again for its own.
+
+    Returns ga entering the block, dA, and [BD, 8] tiles (base order) of ddt (before softplus), du (scan part), y."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
+    e0, e1, e2, e3, e4, e5, e6, e7 = _split8(dt)
+    q0, q1, q2, q3, q4, q5, q6, q7 = _split8(dy)
+    if REV:  # route order within the block
+        x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
+        e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
+        q0, q1, q2, q3, q4, q5, q6, q7 = q7, q6, q5, q4, q3, q2, q1, q0
+    h_in = _tile(tl.load(ck), A2.shape[1])
+    h = _rstep(h_in, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
+    p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
+    p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
+    p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
+    p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
+    ga, dA, t7, v7, y7 = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t6, v6, y6 = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t5, v5, y5 = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t4, v4, y4 = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    p0 = _tile(tl.load(ck), A2.shape[1])
+    p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
+    p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
+    p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
+    ga, dA, t3, v3, y3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t2, v2, y2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t1, v1, y1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    ga, dA, t0, v0, y0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+    if REV:
+        return (ga, dA, _join8(t7, t6, t5, t4, t3, t2, t1, t0), _join8(v7, v6, v5, v4, v3, v2, v1, v0),
+                _join8(y7, y6, y5, y4, y3, y2, y1, y0))
+    else:
+        return (ga, dA, _join8(t0, t1, t2, t3, t4, t5, t6, t7), _join8(v0, v1, v2, v3, v4, v5, v6, v7),
+                _join8(y0, y1, y2, y3, y4, y5, y6, y7))
+
+
+@triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
+def _seq_bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr, dout_ptr, dlast_ptr, dst_ptr,
+    ck_ptr, du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, dinit_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
+    su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
+    sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, sdo_b, sdo_k, sdo_d, sdo_l, sord_b, sord_k,
+    sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_d, sws_l,
+    L, H, W, Dm, N, n_sub, d_per_group, one, D_PAD,
+    K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
+    U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
+    X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
+    MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < Dm
+    n = tl.arange(0, NP) * one  # `one` hides the stride from the compiler: n stays in registers
+    t = tl.arange(0, 8)
+    nd_mask = (n < N)[:, None] & dmask[None, :]
+    # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
+    # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
+    e = tl.arange(0, NP * BLOCK_D) * one
+    en = _state_of(e // BLOCK_D, NP, BLOCK_D)
+    ed = pid_d * BLOCK_D + e % BLOCK_D
+    e_mask = (en < N) & (ed < Dm)
+    lane_line = (tl.arange(0, BLOCK_D) % ((8 * NP + 31) // 32)) * 32  # a block's staged B rows, one line per lane
+    for k in tl.static_range(K):
+        kb = k if BC_ROUTES else 0
+        kx = k if X_ROUTES else 0
+        u_row0 = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + tl.minimum(d, Dm - 1) * su_d
+        dl_row0 = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + tl.minimum(d, Dm - 1) * sdl_d
+        u_row = u_row0[:, None]
+        dl_row = dl_row0[:, None]
+        A2 = _tile(tl.load(A_ptr + (k if A_ROUTES else 0) * sA_k + ed * sA_d + en * sA_n, mask=e_mask, other=0.0),
+                   BLOCK_D) * 1.4426950408889634
+        if SAME_GROUP:
+            grp = (pid_d * BLOCK_D) // d_per_group
+        else:
+            grp = (tl.minimum(d, Dm - 1) // d_per_group)[None, :]  # padding channels read a valid row
+        bc_off = b * sB_b + kb * sB_k + grp * sB_g
+        b_row = B_ptr + bc_off
+        c_row = C_ptr + bc_off
+        db_row = dB_ptr + bc_off
+        dc_row = dC_ptr + bc_off
+        order_row = order_ptr + b * sord_b + k * sord_k
+        dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
+        ck_row = ck_ptr + ((b * K + k) * n_sub * NP + en) * D_PAD + ed  # channels padded to whole tiles
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
+        if HAS_D:
+            Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0)
+        # pass 1: the state entering every block of 8 steps, in route order
+        if HAS_INIT:
+            h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
+        else:
+            h = tl.zeros([NP, BLOCK_D], tl.float32)
+        for jj in range(n_sub):
+            j = (n_sub - 1 - jj) if REVS[k] else jj
+            if PREFETCH:
+                jn = _next_block(j, n_sub, REVS[k]) * 8
+                _prefetch(u_row0 + jn * su_l, True)
+                _prefetch(dl_row0 + jn * sdl_l, True)
+                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
+            s = j * 8 + t
+            pos = _positions(s, L, H, W, order_row, KINDS[k])
+            m2 = dmask[:, None] & (s < L)[None, :]
+            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias[:, None]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m2, dt, 0.0)
+            tl.store(ck_row + j * NP * D_PAD, _flat(h))
+            h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+        tl.debug_barrier()
+        # pass 2: blocks in reverse route order
+        if HAS_DLAST:
+            ga = _tile(tl.load(dlast_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
+        else:
+            ga = tl.zeros([NP, BLOCK_D], tl.float32)
+        dA = tl.zeros([NP, BLOCK_D], tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+        for jj in range(n_sub):
+            j = jj if REVS[k] else (n_sub - 1 - jj)
+            if PREFETCH:  # the blocks are walked against the route's direction
+                jn = _next_block(j, n_sub, not REVS[k]) * 8
+                _prefetch(u_row0 + jn * su_l, True)
+                _prefetch(dl_row0 + jn * sdl_l, True)
+                _prefetch(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + tl.minimum(d, Dm - 1) * sdo_d
+                          + jn * sdo_l, True)
+                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
+                _prefetch(c_row + jn * NP + lane_line, SAME_GROUP)
+            s = j * 8 + t
+            pos = _positions(s, L, H, W, order_row, KINDS[k])
+            m2 = dmask[:, None] & (s < L)[None, :]
+            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+            x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                x += bias[:, None]
+            dt = _softplus(x) if SOFTPLUS else x
+            dt = tl.where(m2, dt, 0.0)
+            do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d[:, None] * sdo_d
+                         + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+            if MERGE == 2:
+                do = do / K
+            if HAS_Z:
+                zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
+                             other=0.0).to(tl.float32)
+                zsig = _sigmoid(zt)
+                dy = do * zt * zsig
+            else:
+                dy = do
+            ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W, order_row,
+                                          b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k],
+                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+            if HAS_D:
+                du += Dk[:, None] * dy
+                dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
+            if SOFTPLUS:
+                ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x))
+            ddt = tl.where(m2, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, 1)
+            ws_offs = b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
+            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d[:, None] * sdu_d + pos[None, :] * sdu_l
+            ddl_offs = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d[:, None] * sddl_d + pos[None, :] * sddl_l
+            if U_ROUTES:
+                tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m2)
+            else:
+                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K)
+            if DL_ROUTES:
+                tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
+            else:
+                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K)
+            if HAS_Z:
+                if HAS_D:
+                    y += Dk[:, None] * u
+                dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
+                _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, b * sdz_b + d[:, None] * sdz_d + pos[None, :] * sdz_l, m2,
+                           k, K)
+        tl.atomic_add(dA_ptr + ((k if A_ROUTES else 0) * Dm + ed) * N + en, _flat(dA), mask=e_mask, sem="relaxed")
+        if HAS_INIT:
+            tl.store(dinit_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(ga), mask=e_mask)
+        if HAS_D:
+            tl.atomic_add(dD_ptr + kx * Dm + d, dD_acc, mask=dmask, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + kx * Dm + d, dbias_acc, mask=dmask, sem="relaxed")
+        tl.debug_barrier()  # the next route rereads the workspaces
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Host side: routes, configuration, launchers
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -476,12 +1013,19 @@ def route_kinds(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, 
     object (routes keep their device tensors), so the host sync happens once per route set.
     """
     key = id(order)
+    version = _version(order)
     hit = _route_cache.get(key)
-    if hit is not None and hit[0]() is order and hit[1] == order._version:
+    if hit is not None and hit[0]() is order and hit[1] == version:
         return hit[2]
     result = _classify(order)
-    _route_cache[key] = (weakref.ref(order, lambda _, key=key: _route_cache.pop(key, None)), order._version, result)
+    _route_cache[key] = (weakref.ref(order, lambda _, key=key: _route_cache.pop(key, None)), version, result)
     return result
+
+
+def _version(t: Tensor) -> int:
+    """The tensor's in-place version. Inference tensors (made under torch.inference_mode) have no version counter:
+    their data pointer stands in (route tensors are never changed in place)."""
+    return t.data_ptr() if t.is_inference() else t._version
 
 
 def _classify(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, int]:
@@ -695,6 +1239,129 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
     )
 
 
+# Sequential kernels: channels per program (one warp) and N split over lanes in the backward (fewer registers).
+SEQ_FWD_LANES = 32
+SEQ_BWD_LANES = 16
+SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
+
+
+def sequential(kinds: tuple[int, ...]) -> bool:
+    """Whether a call runs the sequential kernels: every route is 1-D storage order or its reverse (Vim, Mamba,
+    dual-path). Grid routes (VMamba's column-major walks) keep the tile kernels, faster there (issue #4 notes)."""
+    return all(kind == FLAT for kind in kinds)
+
+
+def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
+    """B or C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP), zero-padded: a step's N values are one
+    contiguous row that every thread of a program reads (16-byte loads)."""
+    staged = torch.zeros((*x.shape[:3], length, NP), dtype=torch.float32, device=x.device)
+    staged[..., :x.shape[-1], :x.shape[-2]].copy_(x.transpose(-1, -2))
+    return staged
+
+
+class _SeqCall:
+    """Shapes, flags and staged B, C of one call of the sequential kernels."""
+
+    def __init__(self, u, delta, A, B, C, D, delta_bias, order, merge, lanes):
+        self.batch, self.Ku, self.Dm, self.L = u.shape
+        self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
+        kinds, revs, self.H, self.W = route_kinds(order)
+        self.NP = triton.next_power_of_2(self.N)
+        self.block_d = lanes
+        self.n_sub = triton.cdiv(self.L, 8)
+        self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
+        bc_routes = B.shape[1] > 1 or C.shape[1] > 1
+        x_routes = (D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1)
+        self.x_routes = x_routes
+        expand = (lambda t: t.expand(-1, self.K, -1, -1, -1)) if bc_routes else (lambda t: t)
+        self.B = _stage_rows(expand(B), self.n_sub * 8, self.NP)
+        self.C = _stage_rows(expand(C), self.n_sub * 8, self.NP)
+        self.D = D.expand(self.K, -1) if D is not None and x_routes and D.shape[0] == 1 else D
+        self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and x_routes
+                     and delta_bias.shape[0] == 1 else delta_bias)
+        self.order = order
+        d_per_group = self.Dm // self.G
+        self.sizes = (self.L, self.H, self.W, self.Dm, self.N, self.n_sub, d_per_group, 1)
+        self.flags = dict(
+            K=self.K, KINDS=kinds, REVS=revs, U_ROUTES=self.Ku > 1, DL_ROUTES=delta.shape[1] > 1,
+            A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
+            HAS_BIAS=delta_bias is not None, MERGE=self.merge, SAME_GROUP=d_per_group % lanes == 0,
+            BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED,
+        )
+        self.grid = (triton.cdiv(self.Dm, lanes), self.batch)
+
+    def strides(self, u, delta, A, z) -> tuple:
+        zs = (z.stride(0), z.stride(1), z.stride(2)) if z is not None else (0, 0, 0)
+        return (*u.stride(), *delta.stride(), *A.stride(), *self.B.stride()[:3],
+                self.D.stride(0) if self.D is not None else 0,
+                self.bias.stride(0) if self.bias is not None else 0, *zs)
+
+    def order_strides(self) -> tuple:
+        return (self.order.stride(0) if self.order.shape[0] > 1 else 0, self.order.stride(1))
+
+
+def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, channels_last,
+                 return_last_state, return_states, out_dtype):
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, SEQ_FWD_LANES)
+    device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
+    out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
+                             channels_last)
+    ws = (_natural(batch, None, Dm, L, torch.float32, device, channels_last)[1] if call.merge and K > 1 else None)
+    ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
+    last = _new((batch, K, Dm, N), torch.float32, device) if return_last_state else None
+    states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
+    init = initial_state.contiguous() if initial_state is not None else None
+    _seq_fwd_kernel[call.grid](
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states),
+        *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
+        HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
+        RET_STATES=return_states, **call.flags, num_warps=1,
+    )
+    return out, last, states
+
+
+def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
+                  merge, channels_last):
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, SEQ_BWD_LANES)
+    device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
+    d_pad = call.grid[0] * call.block_d
+    # the state entering every block of 8 steps, written by the kernel's first pass and read by its second
+    ck = torch.empty((batch, K, call.n_sub, call.NP, d_pad), dtype=torch.float32, device=device)
+    dy_view = _canonical_dy(dy, call.merge, channels_last)
+    du, ddelta = _like(u), _like(delta)
+    dz = _like(z) if z is not None else None
+    dB, dC = torch.zeros_like(call.B), torch.zeros_like(call.C)
+    Kx = K if call.x_routes else 1
+    dA = torch.zeros(A.shape[0], Dm, N, dtype=torch.float32, device=device)
+    dD = torch.zeros(Kx, Dm, dtype=torch.float32, device=device) if D is not None else None
+    dbias = torch.zeros(Kx, Dm, dtype=torch.float32, device=device) if delta_bias is not None else None
+    dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
+    wsu, wsdl, wsz = (_natural(batch, None, Dm, L, torch.float32, device, channels_last)[1] if K > 1 and shared
+                      else None for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
+    ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None),
+                      (0, 0, 0))
+    init = initial_state.contiguous() if initial_state is not None else None
+    dlast = dlast.contiguous() if dlast is not None else None
+    dstates = dstates.contiguous() if dstates is not None else None
+    dz_strides = dz.stride() if dz is not None else (0, 0, 0)
+    _seq_bwd_kernel[call.grid](
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, dy_view, dlast, dstates, ck,
+                   du, ddelta, dB, dC, dA, dD, dbias, dz, dinit, wsu, wsdl, wsz),
+        *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
+        *dz_strides, *ws_strides, *call.sizes, d_pad,
+        HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
+        HAS_DSTATES=dstates is not None, **call.flags, num_warps=1,
+    )
+
+    def unstage(g: Tensor, k_input: int) -> Tensor:  # (B, K, G, Lp, NP) -> (B, Kb, G, N, L)
+        return _fold_routes(g[..., :L, :N].transpose(-1, -2), k_input)
+
+    dD = None if dD is None else _fold_routes(dD, D.shape[0], dim=0).to(D.dtype)
+    dbias = None if dbias is None else _fold_routes(dbias, delta_bias.shape[0], dim=0).to(delta_bias.dtype)
+    return [du, ddelta, dA.to(A.dtype), unstage(dB, B.shape[1]).to(B.dtype), unstage(dC, C.shape[1]).to(C.dtype),
+            dD, dz, dbias, dinit]
+
+
 def _workspace(call: _Call, device, channels_last: bool) -> Tensor:
     """An fp32 natural-layout (B, D, L) workspace, as its canonical (B, 1, D, L) view."""
     return _natural(call.batch, None, call.Dm, call.L, torch.float32, device, channels_last)[1]
@@ -717,6 +1384,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                       delta_softplus, merge, channels_last, return_last_state, return_states,
                                       out_dtype)
     _check(u, delta, B, C, z)
+    if sequential(route_kinds(order)[0]):
+        return _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
+                            channels_last, return_last_state, return_states, out_dtype)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "fwd")
     device = u.device
     out, out_view = _natural(call.batch, call.K if call.merge == 0 else None, call.Dm, call.L,
@@ -744,6 +1414,9 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                initial_state, order, inverse, delta_softplus, merge, channels_last,
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
+    if sequential(route_kinds(order)[0]):
+        return _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
+                             delta_softplus, merge, channels_last)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "bwd")
     device, K = u.device, call.K
     carry = call.n_tiles > 1 or initial_state is not None
