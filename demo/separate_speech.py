@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ssmzoo.runtime import keep_freed_memory  # noqa: E402
 from ssmzoo.tasks.separation import Separator, separation_metrics  # noqa: E402
 from ssmzoo.tasks.separation_data import read_audio  # noqa: E402
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     refs = args.refs or (BUNDLED_REFS if args.audio is None else None)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # the separator's large temporaries then reuse memory instead of faulting in fresh pages
     try:
         mix, rate = read_audio(path)
         separator = Separator.from_pretrained(args.model)

@@ -42,6 +42,7 @@ Differences from the official code, none in the computed values:
 from __future__ import annotations
 
 import copy
+import importlib.resources
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,18 @@ __all__ = [
     "read_speechbrain_checkpoint",
 ]
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+
+def _bundled_weights_dir() -> Path:
+    """The weights shipped with ssmzoo: the package ``ssmzoo.weights`` of an install (a wheel carries them; an
+    editable install maps it to the repository's ``weights/``), or ``weights/`` of a checkout used without install."""
+    try:
+        return Path(str(importlib.resources.files("ssmzoo.weights")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "weights"
+
+
+WEIGHTS_DIR = _bundled_weights_dir()
 
 
 # --- building blocks -------------------------------------------------------------------------------------------

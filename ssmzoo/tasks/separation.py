@@ -1,8 +1,8 @@
 """Speech separation as a task: the :class:`Separator` user API, the PIT SI-SNR loss and the SI-SNRi / SDRi metrics.
 
 ``Separator.from_pretrained()`` loads the bundled 8 kHz two-speaker separator (``dpmamba_xs.tts2mix``, offline,
-from the repository's ``weights/``); any ssmzoo separator name (``"dpmamba_s"``) or an ``nn.Module`` that maps
-``(B, T) -> (B, S, T)`` works too::
+from the weights shipped in the package, ``ssmzoo.weights`` = the repository's ``weights/``); any ssmzoo separator
+name (``"dpmamba_s"``) or an ``nn.Module`` that maps ``(B, T) -> (B, S, T)`` works too::
 
     from ssmzoo.tasks.separation import Separator
     sep = Separator.from_pretrained()
@@ -165,7 +165,7 @@ class Separator:
     @classmethod
     def from_pretrained(cls, name: str | None = None, device: str | torch.device = "cpu", **kwargs) -> Separator:
         """A :class:`Separator` around ``ssmzoo.create_model(name, pretrained=True)``; ``name=None`` is the bundled
-        default (:data:`DEFAULT_MODEL`, weights in the repository's ``weights/`` folder, no network)."""
+        default (:data:`DEFAULT_MODEL`, weights shipped in the package, no network)."""
         import ssmzoo
 
         model = ssmzoo.create_model(name or DEFAULT_MODEL, pretrained=True)

@@ -282,6 +282,8 @@ def _scan(ch: _Chunks, h: Tensor | None, states: Tensor | None = None, keep_entr
     """Scan pass from the entry states h. Returns y = C . h, (T, B, K, G, nc, 1, Dg), the state entering every
     block (B, K, G, nc, N, Dg; None for zeros) when ``keep_entries`` (else an empty list) and the final state
     (B, K, G, N, Dg). ``states`` ((T, B, K, G, nc, N, Dg)), when given, receives every state."""
+    if states is None and not keep_entries and ch.Tb == 1:
+        return _scan_steps_in_place(ch, h)
     y, entries = ch.dt.new_empty(ch.dt.shape), []
     for t0, t1 in ch.blocks():
         if keep_entries:
@@ -292,6 +294,22 @@ def _scan(ch: _Chunks, h: Tensor | None, states: Tensor | None = None, keep_entr
         if keep_entries and states is None:
             h = h.clone()  # the block after next overwrites this buffer
     return y, entries, h[:, :, :, -1]
+
+
+def _scan_steps_in_place(ch: _Chunks, h: Tensor | None) -> tuple[Tensor, list[Tensor | None], Tensor]:
+    """``_scan`` when blocks are single steps (a large state per step) and only y and the final state are wanted:
+    h = decay * h + du * B updated in place, two passes over the state per step instead of three."""
+    y, private = ch.dt.new_empty(ch.dt.shape), False
+    for t in range(ch.T):
+        if h is None:
+            h, private = torch.mul(ch.du[t], ch.B[t]), True
+        else:
+            decay = ch.decay(t, t + 1)[0]
+            h = h.mul_(decay) if private else h * decay  # never write into the caller's initial state
+            h.addcmul_(ch.du[t], ch.B[t])
+            private = True
+        _contract_states(ch.C[t], h, out=y[t])
+    return y, [], h[:, :, :, -1]
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,

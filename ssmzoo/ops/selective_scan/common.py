@@ -33,16 +33,18 @@ def epilogue(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, merge: st
     """Finish the scan output y (B, K, D, L) in natural order (compute dtype).
 
     Returns sum/mean over routes of (y_k + D_k * u_k) * silu(z): (B, D, L), or (B, L, D) when channels_last; for
-    merge "none", per route (B, K, D, L) or (B, L, K, D). Cast to ``out_dtype`` (default: y's dtype).
+    merge "none", per route (B, K, D, L) or (B, L, K, D). Cast to ``out_dtype`` (default: y's dtype). The gate z
+    is shared by the routes, so it multiplies after the merge (one product instead of K).
     """
     if D is not None:
-        y = y + D.to(y.dtype)[None, :, :, None] * u.to(y.dtype)
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype)).unsqueeze(1)
+        y = torch.addcmul(y, D.to(y.dtype)[None, :, :, None], u.to(y.dtype))
     if merge == "sum":
         y = y.sum(1)
     elif merge == "mean":
         y = y.mean(1)
+    if z is not None:
+        gate = F.silu(z.to(y.dtype))
+        y = y * (gate.unsqueeze(1) if merge == "none" else gate)
     if channels_last:
         y = y.movedim(-1, 1)
     return y.to(out_dtype or y.dtype)
