@@ -41,6 +41,13 @@ from ssmzoo.ops import selective_scan
 __all__ = ["MambaBlock", "MambaMixer", "init_mamba_residual_stream_"]
 
 
+def scan_channels_last(x: torch.Tensor) -> bool:
+    """The layout the mixer gives the scan: channels-last on the CPU, where the chunked path then reads u, delta, z
+    and writes y without any transposed copy (a call's prologue and epilogue cost about half as much); CUDA keeps
+    channels-first, the layout the Triton kernels are tuned for."""
+    return not x.is_cuda
+
+
 class MambaMixer(nn.Module):
     """Mamba / bidirectional Mamba ("bimamba v2") mixer: (B, L, d_model) -> (B, L, d_model), input dtype.
 
@@ -133,29 +140,30 @@ class MambaMixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, L, d_model) -> (B, L, d_model), same dtype."""
         E, R, N = self.d_inner, self.dt_rank, self.d_state
-        # The scan's activations go channels-last on the CPU: the chunked path then reads u, delta, z and writes y
-        # without any transposed copy (the prologue and epilogue of a call cost about half as much). CUDA keeps
-        # channels-first, the layout the Triton kernels are tuned for.
-        channels_last = not hidden_states.is_cuda
+        channels_last = scan_channels_last(hidden_states)
         xz = self.in_proj(hidden_states)  # (B, L, 2E)
         x, z = xz[..., :E], xz[..., E:]
         directions = self._directions()
-        convs = [conv(x.transpose(1, 2)).transpose(1, 2) for conv, *_ in directions]  # (B, L, E) views
-        u = torch.stack(convs, 2 if channels_last else 1)  # (B, L, K, E) | (B, K, L, E), one copy either way
+        convs = [conv(x.transpose(1, 2)) for conv, *_ in directions]  # (B, E, L)
+        if channels_last:
+            u = torch.stack([c.transpose(1, 2) for c in convs], 2)  # (B, L, K, E)
+        else:
+            u = torch.stack(convs, 1)  # (B, K, E, L)
         deltas, Bs, Cs = [], [], []
         for k, (_, x_proj, dt_proj, _, _) in enumerate(directions):
-            dt, B, C = torch.split(x_proj(u[:, :, k] if channels_last else u[:, k]), [R, N, N], dim=-1)  # (B, L, .)
-            deltas.append(F.linear(dt, dt_proj.weight))  # (B, L, E); the bias goes in as delta_bias
-            Bs.append(B)
-            Cs.append(C)
-        if channels_last:
-            # Per-route tensors: u, delta (B, L, K, E); B, C (B, L, K, G=1, N); z (B, L, E).
-            delta, B, C = torch.stack(deltas, 2), torch.stack(Bs, 2).unsqueeze(3), torch.stack(Cs, 2).unsqueeze(3)
-        else:
-            # Per-route tensors: u, delta (B, K, E, L); B, C (B, K, G=1, N, L); z (B, E, L).
-            u, z = u.transpose(2, 3), z.transpose(1, 2)
-            delta = torch.stack(deltas, 1).transpose(2, 3)
-            B, C = torch.stack(Bs, 1).transpose(2, 3).unsqueeze(2), torch.stack(Cs, 1).transpose(2, 3).unsqueeze(2)
+            u_k = u[:, :, k] if channels_last else u[:, k].transpose(1, 2)  # (B, L, E)
+            dt, B, C = torch.split(x_proj(u_k), [R, N, N], dim=-1)  # (B, L, .)
+            delta = F.linear(dt, dt_proj.weight)  # (B, L, E); the bias goes in as delta_bias
+            deltas.append(delta if channels_last else delta.transpose(1, 2))
+            Bs.append(B if channels_last else B.transpose(1, 2))
+            Cs.append(C if channels_last else C.transpose(1, 2))
+        # Per-route tensors: u, delta (B, L, K, E) | (B, K, E, L); B, C (B, L, K, G=1, N) | (B, K, G=1, N, L);
+        # z (B, L, E) | (B, E, L).
+        k_dim = 2 if channels_last else 1
+        delta, B, C = torch.stack(deltas, k_dim), torch.stack(Bs, k_dim), torch.stack(Cs, k_dim)
+        B, C = B.unsqueeze(k_dim + 1), C.unsqueeze(k_dim + 1)
+        if not channels_last:
+            z = z.transpose(1, 2)
         y = selective_scan(
             u, delta, torch.stack([-torch.exp(d[3].float()) for d in directions]), B, C,
             D=torch.stack([d[4].float() for d in directions]), z=z,

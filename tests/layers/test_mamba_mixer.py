@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import RmsNorm
 
+from ssmzoo.layers import mamba_mixer
 from ssmzoo.layers.causal_conv1d import CausalConv1d
 from ssmzoo.layers.mamba_mixer import MambaBlock, MambaMixer, init_mamba_residual_stream_
 from ssmzoo.ops import selective_scan
@@ -93,8 +94,11 @@ def test_causal_conv1d_is_causal():
     torch.testing.assert_close(conv(x3)[..., 5:], conv(x)[..., 5:])
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("bimamba_type,if_divide_out", [("v2", True), ("v2", False), ("none", False)])
-def test_mixer_matches_per_direction_official_computation(monkeypatch, bimamba_type, if_divide_out):
+def test_mixer_matches_per_direction_official_computation(monkeypatch, bimamba_type, if_divide_out, channels_last):
+    """Both scan layouts (channels-last is the CPU's, channels-first CUDA's) against the official computation."""
+    monkeypatch.setattr(mamba_mixer, "scan_channels_last", lambda x: channels_last)
     mixer = _perturbed_mixer(bimamba_type=bimamba_type, if_divide_out=if_divide_out)
     h = torch.randn(2, 13, 24, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
