@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -56,6 +57,11 @@ def main(argv=None) -> None:
     prepare_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the process group down here: left to interpreter exit, gloo's threads were sometimes destroyed while
+        # still joinable ("terminate called without an active exception", SIGABRT after a finished run).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
