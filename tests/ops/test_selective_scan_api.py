@@ -93,6 +93,8 @@ def test_outputs_are_contiguous_in_their_layout(layout):
 def test_dispatch(monkeypatch):
     monkeypatch.delenv("SSMZOO_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert backend_name(torch.device("cpu")) == "cpu_kernel"  # numba is a dependency
+    monkeypatch.setenv("SSMZOO_BACKEND", "chunked")
     assert backend_name(torch.device("cpu")) == "chunked"
     monkeypatch.setenv("SSMZOO_BACKEND", "reference")
     assert backend_name(torch.device("cpu")) == "reference"

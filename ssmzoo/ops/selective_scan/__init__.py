@@ -1,9 +1,10 @@
 """The selective scan with routes: public function, ``torch.library`` op, autograd and backend dispatch.
 
 Backends (same canonical signature, see ``reference.selective_scan``): ``reference`` (sequential, the definition),
-``chunked`` (parallel PyTorch, CPU and ONNX) and ``triton`` (CUDA kernels). ``SSMZOO_BACKEND`` forces one; else CUDA
-tensors use triton when it is importable and CPU tensors use chunked. A CUDA call without triton falls back to
-chunked with a one-time warning. During ONNX export the chunked path is traced directly, so the ONNX graph holds
+``chunked`` (parallel PyTorch, CPU and ONNX), ``cpu_kernel`` (a numba-compiled CPU forward; its backward and the
+calls it does not cover are chunked's) and ``triton`` (CUDA kernels). ``SSMZOO_BACKEND`` forces one; else CUDA
+tensors use triton when it is importable and CPU tensors use cpu_kernel (chunked when numba is not importable). A
+CUDA call without triton falls back to chunked with a one-time warning. During ONNX export the chunked path is traced directly, so the ONNX graph holds
 standard ops only; torch.compile and torch.export see the single op ``torch.ops.ssmzoo.selective_scan``.
 """
 
@@ -26,7 +27,7 @@ from ssmzoo.ops.selective_scan.common import compute_dtype
 
 __all__ = ["selective_scan", "backend_name"]
 
-BACKENDS = ("reference", "chunked", "triton")
+BACKENDS = ("reference", "chunked", "cpu_kernel", "triton")
 _warned: set[str] = set()
 
 
@@ -46,11 +47,14 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def backend_name(device: torch.device) -> str:
-    """The backend a call on ``device`` runs: SSMZOO_BACKEND if set, else triton on CUDA, chunked elsewhere."""
+    """The backend a call on ``device`` runs: SSMZOO_BACKEND if set, else triton on CUDA, cpu_kernel elsewhere
+    (chunked when numba cannot be imported)."""
     forced = os.environ.get("SSMZOO_BACKEND", "")
     if forced and forced not in BACKENDS:
         raise ValueError(f"SSMZOO_BACKEND must be one of {BACKENDS}, got {forced!r}")
-    wanted = forced or ("triton" if device.type == "cuda" else "chunked")
+    wanted = forced or ("triton" if device.type == "cuda" else "cpu_kernel")
+    if wanted == "cpu_kernel" and (device.type != "cpu" or _load("cpu_kernel") is None):
+        wanted = "chunked"
     # Triton kernels run on CUDA tensors, or on CPU tensors under its interpreter (TRITON_INTERPRET=1, CI).
     runnable = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
     if wanted == "triton" and (not runnable or _load("triton") is None):
