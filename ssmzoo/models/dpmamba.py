@@ -97,7 +97,14 @@ class MambaBlocksSequential(nn.Module):
     ``r_i = r_{i-1} + h_{i-1}``; the output is ``norm_f(r_last + h_last)``. Keys ``layers.{i}.{norm,mixer}.*`` and
     ``norm_f.weight`` as in the official module. Initialisation: mamba_ssm's (``_init_weights`` with
     ``n_layer=n_mamba``: Linear biases zeroed except ``dt_proj.bias``, ``out_proj`` rescaled by 1/sqrt(n_mamba)).
+
+    Without autograd, a batch of more than ``inference_positions`` sequence positions runs in slices of whole
+    sequences (the sequences are independent, so the result is the same): a dual-path model on a long file then
+    holds the Mamba layers' temporaries for one slice only, and its memory grows with the file only by the few
+    (N, K, S) activations between blocks.
     """
+
+    inference_positions = 2**14
 
     def __init__(self, n_mamba: int, d_model: int, bidirectional: bool = True, d_state: int = 16, expand: int = 2,
                  d_conv: int = 4, dt_rank: int | str = "auto", conv_bias: bool = True, bias: bool = False,
@@ -114,6 +121,16 @@ class MambaBlocksSequential(nn.Module):
         self.apply(partial(init_mamba_residual_stream_, n_layer=n_mamba))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L = x.shape[:2]
+        per_slice = max(1, self.inference_positions // max(L, 1))
+        if torch.is_grad_enabled() or B <= per_slice:
+            return self._blocks(x)
+        out = x.new_empty(x.shape[:2] + (self.norm_f.weight.shape[0],), dtype=self.norm_f.weight.dtype)
+        for start in range(0, B, per_slice):
+            out[start:start + per_slice] = self._blocks(x[start:start + per_slice])
+        return out
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         hidden, residual = x, None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual)
