@@ -4,8 +4,9 @@ Backends (same canonical signature, see ``reference.selective_scan``): ``referen
 ``chunked`` (parallel PyTorch, CPU and ONNX), ``cpu_kernel`` (a numba-compiled CPU forward; its backward and the
 calls it does not cover are chunked's) and ``triton`` (CUDA kernels). ``SSMZOO_BACKEND`` forces one; else CUDA
 tensors use triton when it is importable and CPU tensors use cpu_kernel (chunked when numba is not importable). A
-CUDA call without triton falls back to chunked with a one-time warning. During ONNX export the chunked path is traced directly, so the ONNX graph holds
-standard ops only; torch.compile and torch.export see the single op ``torch.ops.ssmzoo.selective_scan``.
+CUDA call without triton falls back to chunked with a one-time warning. During ONNX export the chunked path is
+traced directly, so the ONNX graph holds standard ops only; torch.compile and torch.export see the single op
+``torch.ops.ssmzoo.selective_scan``.
 """
 
 from __future__ import annotations
