@@ -17,14 +17,32 @@ estimates; empty input, NaN / Inf samples, missing or undecodable files raise er
 Estimates are rescaled so that they add up to the mixture (:func:`fit_to_mixture`): an SI-SNR-trained model's
 output gain is arbitrary.
 
-Long inputs (more than ``chunk_seconds``, 30 s by default) are separated in overlapping windows: each window's
-speaker order is aligned to the previous one by permutation-invariant SI-SNR on their overlap (as Asteroid's
-``LambdaOverlapAdd(reorder_chunks=True)``), and the overlap is cross-faded with a raised cosine. Memory then stays
-bounded by one window (about 3 GB of CPU memory for a 20 s window of DPMamba-XS), whatever the file's length.
-Windowed output is not the whole-file output: DPMamba's GroupNorms take statistics over the whole input and its
-inter-chunk Mamba carries context for seconds, so each window sees less. On 20 s two-talker files the two agree to
-19-23 dB SI-SNR with 8 s windows (22-24 dB with 12-15 s windows), and separate as well (SI-SNRi 6.5 dB windowed,
-6.0 dB in one pass, on the demo voices).
+Inputs up to ``chunk_seconds`` (300 s by default) are separated in one pass, exactly as the model defines it; its
+Mamba layers run in slices of whole sequences (``MambaBlocksSequential.inference_positions``), so memory grows only
+with the activations between blocks: DPMamba-XS peaks at 1.3 GB RSS on a 20 s file and 5.8 GB on a 10-minute one
+(2 threads, measured 2026-11-23).
+
+Longer inputs are separated in overlapping windows (8 s overlap): each window's speaker order is aligned to the
+previous one by permutation-invariant SI-SNR on their overlap (as Asteroid's ``LambdaOverlapAdd(reorder_chunks=
+True)``), and the two are cross-faded with a raised cosine over 1 s that ends 1 s before the previous window does.
+Two things make a window's output differ from the whole file's, both measured on the bundled DPMamba-XS:
+
+- context. Cutting the input's future changes only the last ~1 s before the cut (25 dB SI-SNR to the whole-file
+  output there, > 33 dB earlier); cutting its past changes the next 4-6 s (18-22 dB, > 30 dB only ~6 s after the
+  cut: the forward inter-chunk Mamba remembers long). Hence the late fade: each window is used only where it has
+  >= 6 s of past and >= 1 s of future.
+- normalisation. DPMamba's GroupNorms take statistics over the whole input; with a window's own statistics, the
+  first seconds of a window of a 20 s file of concatenated utterances agreed with the whole-file output to only
+  7-14 dB, and with the file's statistics to 60-80 dB. So by default (``file_statistics=True``) a first pass over
+  windows that tile the file pools every GroupNorm's statistics, and the windows then normalise with them
+  (:class:`~ssmzoo.tasks.window_stats.GroupNormStatistics`; the pooled statistics of deeper layers are close to,
+  not equal to, the file's, and this model is sensitive to them: shifts of 0.02-0.06 standard deviations still
+  move some seconds by 7-9 dB).
+
+On a 20 s two-talker file (the demo voices), 14 s windows with 8 s overlap agree with the whole-file output to 34 dB
+SI-SNR (12 s windows: 31 dB; the earlier centred fade over a 4 s overlap: 23 dB) and separate as well (SI-SNRi 6.06
+vs 6.01 dB). On three 20 s files of concatenated test utterances (voices and levels change every ~2 s): 15, 30 and
+35 dB (17, 19 and 20 dB with per-window statistics). The first pass costs about one more pass over the file.
 """
 from __future__ import annotations
 
@@ -47,6 +65,7 @@ from torchmetrics.functional.audio import (
 )
 
 from ssmzoo.tasks.separation_data import read_audio, resample
+from ssmzoo.tasks.window_stats import GroupNormStatistics
 
 __all__ = ["DEFAULT_MODEL", "Separator", "fit_to_mixture", "pit_si_snr_loss", "separation_metrics"]
 
@@ -144,21 +163,34 @@ class Separator:
         model: ``(B, T) -> (B, S, T)`` at ``sample_rate`` (an ssmzoo DPMamba / MambaTasNet, torchaudio's ConvTasNet
             wrapped to that layout, ...). Put in eval mode.
         sample_rate: the model's rate; default ``model.sample_rate`` (8000 for the ssmzoo separators).
-        chunk_seconds: inputs longer than this are separated in windows of this length (memory and time stay
-            linear in the file's length).
+        chunk_seconds: inputs longer than this are separated in windows of this length (memory then stays bounded
+            by one window; shorter inputs are separated whole, exactly).
         overlap_seconds: overlap of consecutive windows, used to align their speaker order and to cross-fade.
+        fade_seconds: length of the raised-cosine cross-fade inside the overlap.
+        lookahead_seconds: the fade ends this long before the previous window does (that window's last samples
+            lack future context); the new window is used from ``overlap - lookahead - fade`` after its start.
+        file_statistics: windows normalise with the whole file's GroupNorm statistics, pooled in a first pass
+            over windows that tile the file (:class:`~ssmzoo.tasks.window_stats.GroupNormStatistics`); costs that
+            extra pass (about 2x the time in all) on inputs longer than ``chunk_seconds``.
         device: where the model runs.
     """
 
-    def __init__(self, model: nn.Module, sample_rate: int | None = None, chunk_seconds: float = 30.0,
-                 overlap_seconds: float = 4.0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: nn.Module, sample_rate: int | None = None, chunk_seconds: float = 300.0,
+                 overlap_seconds: float = 8.0, fade_seconds: float = 1.0, lookahead_seconds: float = 1.0,
+                 file_statistics: bool = True, device: str | torch.device = "cpu") -> None:
         self.sample_rate = int(sample_rate or getattr(model, "sample_rate", 8000))
         if not 0 < overlap_seconds < chunk_seconds:
             raise ValueError(f"overlap_seconds ({overlap_seconds}) must be in (0, chunk_seconds={chunk_seconds})")
+        if fade_seconds <= 0 or lookahead_seconds < 0 or fade_seconds + lookahead_seconds > overlap_seconds:
+            raise ValueError(f"need fade_seconds > 0, lookahead_seconds >= 0 and fade_seconds + lookahead_seconds <= "
+                             f"overlap_seconds, got {fade_seconds} + {lookahead_seconds} > {overlap_seconds}")
         self.chunk = int(chunk_seconds * self.sample_rate)
         self.overlap = int(overlap_seconds * self.sample_rate)
+        self.fade = max(1, int(fade_seconds * self.sample_rate))
+        self.lookahead = int(lookahead_seconds * self.sample_rate)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        self.norm_stats = GroupNormStatistics(self.model) if file_statistics else None
         # The encoder needs at least one frame; shorter inputs are zero-padded to this many samples.
         self.min_samples = max(int(getattr(model, "kernel_size", 16)), self.sample_rate // 10)
 
@@ -193,11 +225,23 @@ class Separator:
             return self._window(torch.nn.functional.pad(mix, (0, self.min_samples - T)))[:, :T]
         if T <= self.chunk:
             return self._window(mix)
+        if not self.norm_stats:
+            return self._overlap_add_windows(mix)
+        self.norm_stats.reset()
+        with self.norm_stats.record():  # first pass: the file's statistics, from windows that tile it
+            pieces = math.ceil(T / self.chunk)
+            bounds = [round(i * T / pieces) for i in range(pieces + 1)]
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+                self.separate_batch(mix[None, start:stop])
+        with self.norm_stats.frozen():
+            return self._overlap_add_windows(mix)
+
+    def _overlap_add_windows(self, mix: torch.Tensor) -> torch.Tensor:
+        """(T,) -> (S, T) from overlapping windows: speaker order aligned by PIT on each overlap, then cross-faded."""
+        T = mix.shape[-1]
         hop = self.chunk - self.overlap
         starts = list(range(0, T - self.overlap, hop))
         out = torch.zeros(self.num_spks, T)
-        # Raised-cosine cross-fade: weights of the new window rise from 0 to 1 over the overlap.
-        fade = 0.5 - 0.5 * torch.cos(torch.linspace(0, math.pi, self.overlap))
         end_prev = 0
         for i, start in enumerate(starts):
             stop = min(start + self.chunk, T)
@@ -212,11 +256,22 @@ class Separator:
                 _, perm = permutation_invariant_training(est[None, :, :n], prev[None],
                                                          scale_invariant_signal_noise_ratio, eval_func="max")
                 est = pit_permutate(est[None], perm)[0]
-                w = fade[:n] if n == self.overlap else 0.5 - 0.5 * torch.cos(torch.linspace(0, math.pi, n))
+                w = self._fade_in(n)
                 out[:, start:end_prev] = prev * (1 - w) + est[:, :n] * w
                 out[:, end_prev:stop] = est[:, n:]
             end_prev = stop
         return out
+
+    def _fade_in(self, n: int) -> torch.Tensor:
+        """(n,) weights of the new window over an overlap of n samples: 0, a raised-cosine rise over ``fade``
+        samples that ends ``lookahead`` samples before the overlap does, then 1 (see the module docstring)."""
+        fade = min(self.fade, n)
+        lookahead = min(self.lookahead, n - fade)
+        rise_start = n - lookahead - fade
+        w = torch.ones(n)
+        w[:rise_start] = 0
+        w[rise_start:rise_start + fade] = 0.5 - 0.5 * torch.cos(torch.linspace(0, math.pi, fade))
+        return w
 
     def separate(self, wav_or_path: str | os.PathLike | torch.Tensor | np.ndarray,
                  sample_rate: int | None = None) -> torch.Tensor:

@@ -40,10 +40,21 @@ class SignSplitter(torch.nn.Module):
 def test_chunks_are_aligned_by_pit_and_cross_faded():
     x = torch.from_numpy(_speechlike(9.3, 8000))
     whole = Separator(SignSplitter(), chunk_seconds=60).separate(x)
-    chunked = Separator(SignSplitter(), chunk_seconds=2.0, overlap_seconds=0.5).separate(x)
+    chunked = Separator(SignSplitter(), chunk_seconds=2.0, overlap_seconds=0.5, fade_seconds=0.25,
+                        lookahead_seconds=0.1).separate(x)
     if not torch.equal(chunked[0].clamp(min=0), chunked[0]):  # the order of the first window is arbitrary
         chunked = chunked.flip(0)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+def test_cross_fade_sits_late_in_the_overlap():
+    sep = Separator(SignSplitter(), sample_rate=10, chunk_seconds=3.0, overlap_seconds=1.0, fade_seconds=0.4,
+                    lookahead_seconds=0.3)
+    w = sep._fade_in(10)  # 1 s overlap at 10 Hz: 3 samples of the old window, a 4-sample rise, 3 of the new one
+    assert w[:3].eq(0).all() and w[-3:].eq(1).all() and (w[3:7].diff() > 0).all()
+    assert sep._fade_in(5).tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0, 1.0])  # short overlap: lookahead yields
+    with pytest.raises(ValueError, match="fade_seconds \\+ lookahead_seconds <= overlap_seconds"):
+        Separator(SignSplitter(), chunk_seconds=3.0, overlap_seconds=1.0, fade_seconds=0.8, lookahead_seconds=0.5)
 
 
 def test_rates_channels_and_lengths(sep, tmp_path):
@@ -149,13 +160,12 @@ def test_demo_separates_the_bundled_mixture(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_chunked_separation_is_as_good_as_whole_on_a_20_second_file():
-    """8 s windows with 4 s overlap vs the whole 20 s file, bundled model, against the true sources.
+def test_chunked_separation_agrees_with_whole_on_a_20_second_file():
+    """14 s windows with 8 s overlap vs the whole 20 s file, bundled model: both against the true sources and
+    against each other (measured: 35 dB SI-SNR between the two outputs; 23 dB with the old centred fade over 4 s).
 
-    The windows cannot reproduce the whole-file output exactly: DPMamba's GroupNorms take their statistics over the
-    whole input and its inter-chunk Mamba remembers for seconds, so each window sees a different context. What
-    must hold is that chunking costs no separation quality, and that the two outputs stay close (measured here:
-    SI-SNRi 6.5 dB windowed vs 6.0 dB whole, 23 dB SI-SNR between the two outputs).
+    Exact equality is impossible (each window sees less past context and its own GroupNorm statistics); the fade
+    placement of :class:`Separator` keeps each window where its context is long enough for > 30 dB agreement.
     """
     from pathlib import Path
 
@@ -165,10 +175,10 @@ def test_chunked_separation_is_as_good_as_whole_on_a_20_second_file():
     refs = torch.from_numpy(np.stack([np.resize(s1, n), np.resize(np.roll(s2, 5600), n)]))
     mix = refs.sum(0)
     whole = Separator.from_pretrained().separate(mix)
-    chunked = Separator.from_pretrained(chunk_seconds=8.0, overlap_seconds=4.0).separate(mix)
+    chunked = Separator.from_pretrained(chunk_seconds=14.0, overlap_seconds=8.0).separate(mix)
     quality = {name: separation_metrics(est[None], refs[None], mix[None], sdr=False)["si_snri"].item()
                for name, est in (("whole", whole), ("chunked", chunked))}
     assert quality["chunked"] > quality["whole"] - 0.5, quality
     agreement, _ = permutation_invariant_training(chunked[None], whole[None], scale_invariant_signal_noise_ratio,
                                                   eval_func="max")
-    assert agreement.item() > 15, agreement
+    assert agreement.item() > 30, agreement
