@@ -96,3 +96,17 @@ def test_calls_outside_the_kernel_run_chunked(monkeypatch):
         selective_scan(u, delta, A, B, B, return_states=True)
         assert calls == [1, 1]
     assert not cpu_kernel.handles(u, delta, A, B, B, None, None, None, None, return_states=True)
+
+
+def _plus_one(x):
+    return x + 1
+
+
+def test_kernel_compiles_where_numba_cannot_cache(monkeypatch):
+    """A read-only install and home leave numba no cache directory; it then refuses cache=True when decorating,
+    and the kernel must still compile (uncached), not break every CPU scan at import."""
+    from numba.core import caching
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    compiled = cpu_kernel._compiled(_plus_one)
+    assert compiled(1) == 2 and type(compiled._cache).__name__ == "NullCache"

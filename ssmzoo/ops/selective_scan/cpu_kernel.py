@@ -79,7 +79,6 @@ def _softplus(x):  # pragma: no cover (compiled)
     return x if x > np.float32(20.0) else value
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False, error_model="numpy")
 def _scan_kernel(u, delta, bias, A, B, C, Dskip, z, order, h0, y, last, softplus, use_bias, use_h0, use_d, use_z,
                  merge):  # pragma: no cover (compiled; tested through the op)
     """Position-major arrays: u (Bn, L, Ku, D), delta (Bn, L, Kd, D), bias / Dskip (Kx, D), A (Ka, D, N),
@@ -157,6 +156,18 @@ def _scan_kernel(u, delta, bias, A, B, C, Dskip, z, order, h0, y, last, softplus
                         gate *= zv * (np.float32(1.0) if zv >= 0 else e) / (np.float32(1.0) + e)
                     for r in range(routes_out):
                         y[b, p, r, d0 + j] *= gate
+
+
+def _compiled(func, **options):
+    """numba.njit with the compiled code cached on disk, or without the cache where numba finds no writable place
+    for it (a read-only install and home): numba then refuses ``cache=True`` at decoration time."""
+    try:
+        return numba.njit(cache=True, **options)(func)
+    except RuntimeError:
+        return numba.njit(cache=False, **options)(func)
+
+
+_scan_kernel = _compiled(_scan_kernel, parallel=True, fastmath=True, boundscheck=False, error_model="numpy")
 
 
 def handles(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
