@@ -55,6 +55,7 @@ from timm.layers import RmsNorm
 from timm.models import resolve_pretrained_cfg
 
 from ssmzoo.layers.mamba_mixer import MambaBlock, MambaMixer, init_mamba_residual_stream_
+from ssmzoo.ops.selective_scan.checks import is_tracing
 
 from ._builder import build_model
 from ._registry import generate_default_cfgs, register_model
@@ -98,10 +99,10 @@ class MambaBlocksSequential(nn.Module):
     ``norm_f.weight`` as in the official module. Initialisation: mamba_ssm's (``_init_weights`` with
     ``n_layer=n_mamba``: Linear biases zeroed except ``dt_proj.bias``, ``out_proj`` rescaled by 1/sqrt(n_mamba)).
 
-    Without autograd, a batch of more than ``inference_positions`` sequence positions runs in slices of whole
-    sequences (the sequences are independent, so the result is the same): a dual-path model on a long file then
-    holds the Mamba layers' temporaries for one slice only, and its memory grows with the file only by the few
-    (N, K, S) activations between blocks.
+    Without autograd (and not while tracing for export), a batch of more than ``inference_positions`` sequence
+    positions runs in slices of whole sequences (the sequences are independent, so the result is the same): a
+    dual-path model on a long file then holds the Mamba layers' temporaries for one slice only, and its memory grows
+    with the file only by the few (N, K, S) activations between blocks.
     """
 
     inference_positions = 2**14
@@ -123,7 +124,7 @@ class MambaBlocksSequential(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L = x.shape[:2]
         per_slice = max(1, self.inference_positions // max(L, 1))
-        if torch.is_grad_enabled() or B <= per_slice:
+        if torch.is_grad_enabled() or B <= per_slice or is_tracing():  # an exported graph must not bake in slices
             return self._blocks(x)
         out = x.new_empty(x.shape[:2] + (self.norm_f.weight.shape[0],), dtype=self.norm_f.weight.dtype)
         for start in range(0, B, per_slice):

@@ -49,6 +49,27 @@ def test_waveform_shapes_and_short_input():
     assert model.pretrained_cfg["input_size"] == (1200,) and model.pretrained_cfg["classifier"] is None
 
 
+def test_inference_in_slices_of_sequences_is_exact(monkeypatch):
+    """Without autograd the Mamba stacks run in slices of whole sequences; the output is the unsliced one (to float
+    rounding of the batched matmuls), and with autograd nothing is sliced."""
+    model = ssmzoo.create_model("test_dpmamba").eval()
+    x = torch.randn(2, 4000)
+    with torch.no_grad():
+        whole = model(x)
+    calls = []
+    blocks = dpmamba.MambaBlocksSequential._blocks
+    monkeypatch.setattr(dpmamba.MambaBlocksSequential, "_blocks",
+                        lambda self, h: calls.append(len(h)) or blocks(self, h))
+    monkeypatch.setattr(dpmamba.MambaBlocksSequential, "inference_positions", 7)  # one sequence per slice
+    with torch.no_grad():
+        sliced = model(x)
+    assert max(calls) == 1 and len(calls) > 2 * len(model.masknet.dual_mdl)
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    model(x)
+    assert min(calls) > 1  # training-mode autograd: whole batches
+
+
 def _fixture():
     if not FIXTURE.is_file():
         pytest.skip(f"no parity fixture at {FIXTURE}")
