@@ -145,6 +145,12 @@ def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
 
+    if case_id.startswith("bwd16:"):  # small calls give the backward 8 lanes (4 per channel); this forces 16 (2)
+        saved, kernels.SEQ_FEW_PROGRAMS = kernels.SEQ_FEW_PROGRAMS, 0
+        try:
+            return run_interpreted_case(case_id.split(":", 1)[1])
+        finally:
+            kernels.SEQ_FEW_PROGRAMS = saved
     # several tiles at tiny L; backward with lanes along channels up to L = 30, along time beyond
     kernels.MAX_T, kernels.CL_STEPS, kernels.SHORT_L = 32, 8, 30
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
@@ -191,7 +197,8 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-INTERPRETED = [c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
+INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
+               + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states"])
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +227,26 @@ def test_route_kinds_are_index_arithmetic():
     assert kinds(directions.permutation(torch.tensor([2, 0, 1])))[0] == (2,)
     per_sample = directions.permutation(torch.stack([torch.arange(4), torch.arange(4).flip(0)]))
     assert kinds(per_sample)[0] == (2,)
+
+
+def test_kernel_family_and_lanes_choice():
+    """Which kernels and how many channels per warp a call gets (the choices measured in tools/benchmark.py)."""
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    grid = kernels.route_kinds(directions.cross2d(6, 5).index("cpu")[0])[0]
+    line = kernels.route_kinds(directions.bidi(9).index("cpu")[0])[0]
+    assert kernels.sequential(line) and kernels.sequential(line, channels_last=True)
+    assert kernels.sequential(grid, channels_last=True) and not kernels.sequential(grid)
+    lanes = kernels._seq_lanes
+
+    def u(batch, Dm):
+        return torch.empty(batch, 2, Dm, 1)
+
+    assert lanes(1, u(128, 192), "bwd") == 32 and lanes(1, u(128, 192), "fwd") == 32  # one state: one thread
+    assert lanes(16, u(128, 768), "fwd") == kernels.SEQ_FWD_LANES == 32
+    assert lanes(16, u(128, 768), "bwd") == 16  # Vim-S
+    assert lanes(16, u(250, 512), "bwd") == 16  # DPMamba inter-chunk
+    assert lanes(16, u(34, 512), "bwd") == 8  # DPMamba intra-chunk: few programs, more of them
 
 
 def test_routes_first_used_under_inference_mode_then_with_autograd():

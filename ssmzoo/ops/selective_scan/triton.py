@@ -51,6 +51,7 @@ dB/dC over channels. The tile kernels: L1/TEX-bound forward (142 registers), sha
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 
@@ -1099,21 +1100,31 @@ def config_for(L: int, Dm: int, d_per_group: int, channels_last: bool, which: st
     of B and C. The forward pass and the backward (which recomputes its tile-entry states) need not share a config.
     """
     if channels_last or (which == "bwd" and L <= SHORT_L):
-        warps = max(1, min(2, triton.next_power_of_2(Dm) // 32))
-        T = min(max(2, triton.next_power_of_2(L)), CL_STEPS, MAX_T)
+        warps = max(1, min(2, _pow2(Dm) // 32))
+        T = min(max(2, _pow2(L)), CL_STEPS, MAX_T)
         return Config(1, T, 32 * warps, warps, d_per_group % (32 * warps) == 0, False)
-    T = min(max(32, triton.next_power_of_2(L)), max(MAX_T, 32))
+    T = min(max(32, _pow2(L)), max(MAX_T, 32))
     P = min(T, 32)
     M = T // P
     if which == "bwd":
-        warps = max(1, min(2, triton.next_power_of_2(Dm)))
+        warps = max(1, min(2, _pow2(Dm)))
         return Config(P, M, warps, warps, d_per_group % warps == 0, False)
-    want = max(1, min(4 if N >= 4 else 16 // M, triton.next_power_of_2(Dm)))
+    want = max(1, min(4 if N >= 4 else 16 // M, _pow2(Dm)))
     block_d = want
     while block_d > 1 and d_per_group % block_d:
         block_d //= 2
     same_group = block_d == want
     return Config(P, M, block_d if same_group else want, 1, same_group, True)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (host side; triton's helpers cost microseconds a call through their
+    constexpr wrappers)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _poison() -> bool:
@@ -1164,7 +1175,7 @@ class _Call:
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         self.kinds, self.revs, self.H, self.W = route_kinds(order)
         self.cfg = config_for(self.L, self.Dm, self.Dm // self.G, channels_last, which, self.N)
-        self.n_tiles = triton.cdiv(self.L, self.cfg.T)
+        self.n_tiles = _cdiv(self.L, self.cfg.T)
         self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
         self.order = order
         self.flags = dict(
@@ -1185,7 +1196,7 @@ class _Call:
         self.D = D.expand(self.K, -1) if D is not None and self.flags["X_ROUTES"] and D.shape[0] == 1 else D
         self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and self.flags["X_ROUTES"]
                      and delta_bias.shape[0] == 1 else delta_bias)
-        self.grid = (triton.cdiv(self.Dm, self.cfg.block_d), self.batch)
+        self.grid = (_cdiv(self.Dm, self.cfg.block_d), self.batch)
 
     def input_strides(self, u, delta, A, z) -> tuple:
         """Strides of the inputs in the kernels' argument order (dummy zeros for absent tensors)."""
@@ -1245,19 +1256,64 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
 SEQ_FWD_LANES = 32
 SEQ_BWD_LANES = 16
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
+SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
+SEQ_BWD_MAXNREG = None
 
 
-def sequential(kinds: tuple[int, ...]) -> bool:
+def _maxnreg(cap: int | None) -> dict:
+    return {} if cap is None or _INTERPRETED else {"maxnreg": cap}
+
+
+# Channels-last grid routes (VMamba's model path) run the sequential kernels: a warp's loads are coalesced along
+# channels whatever the route; measured faster than the tile kernels there (fwd 3.9 vs 5.0 ms, bwd 11.7 vs 12.7 ms,
+# VMamba-T s1 bf16, H100). Channels-first grid routes keep the tile kernels (coalesced along time).
+SEQ_GRID_CHANNELS_LAST = True
+
+
+SEQ_FEW_PROGRAMS = 2112  # 4 warps per scheduler of an H100 (132 SMs x 4 x 4): below, the backward uses 8 lanes
+
+
+def _seq_lanes(N: int, u: Tensor, which: str) -> int:
+    """Channels per program (one warp) of the sequential kernels. With one state a thread cannot share its channel:
+    32 lanes. Else the forward keeps a channel's states in one thread (32 lanes), and the backward splits them over
+    two (16 lanes, fewer registers) or, when that gives too few programs to hide latency (DPMamba's intra-chunk
+    shape at B = 34), over four. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
+    if N == 1 or which == "fwd":
+        return 32 if N == 1 else SEQ_FWD_LANES
+    batch, _, Dm, _ = u.shape
+    if batch * _cdiv(Dm, SEQ_BWD_LANES) < SEQ_FEW_PROGRAMS:
+        return min(SEQ_BWD_LANES, 8)
+    return SEQ_BWD_LANES
+
+
+def _zeroed_views(device, *shapes) -> list[Tensor | None]:
+    """Zeroed fp32 tensors of the given shapes (None for None), views of one allocation."""
+    sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+    views, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(None if shape is None else flat[start:start + size].view(shape))
+        start += size
+    return views
+
+
+def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
     """Whether a call runs the sequential kernels: every route is 1-D storage order or its reverse (Vim, Mamba,
-    dual-path). Grid routes (VMamba's column-major walks) keep the tile kernels, faster there (issue #4 notes)."""
+    dual-path), or channels-last grid routes (VMamba's model path). Channels-first grid routes keep the tile
+    kernels, faster there (issue #4 notes)."""
+    if channels_last and SEQ_GRID_CHANNELS_LAST and all(kind in (FLAT, COL) for kind in kinds):
+        return True
     return all(kind == FLAT for kind in kinds)
 
 
 def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
-    """B or C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP), zero-padded: a step's N values are one
-    contiguous row that every thread of a program reads (16-byte loads)."""
-    staged = torch.zeros((*x.shape[:3], length, NP), dtype=torch.float32, device=x.device)
-    staged[..., :x.shape[-1], :x.shape[-2]].copy_(x.transpose(-1, -2))
+    """B or C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP): a step's N values are one contiguous row
+    that every thread of a program reads (16-byte loads). States N..NP-1 are zeros (they must add nothing); rows
+    L..length-1 are never read (the kernels clamp positions) and stay unwritten: one copy kernel when N = NP."""
+    N, L = x.shape[-2], x.shape[-1]
+    make = torch.empty if N == NP else torch.zeros
+    staged = make((*x.shape[:3], length, NP), dtype=torch.float32, device=x.device)
+    staged[..., :L, :N].copy_(x.transpose(-1, -2))
     return staged
 
 
@@ -1268,9 +1324,9 @@ class _SeqCall:
         self.batch, self.Ku, self.Dm, self.L = u.shape
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         kinds, revs, self.H, self.W = route_kinds(order)
-        self.NP = triton.next_power_of_2(self.N)
+        self.NP = _pow2(self.N)
         self.block_d = lanes
-        self.n_sub = triton.cdiv(self.L, 8)
+        self.n_sub = _cdiv(self.L, 8)
         self.merge = {"none": 0, "sum": 1, "mean": 2}[merge]
         bc_routes = B.shape[1] > 1 or C.shape[1] > 1
         x_routes = (D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1)
@@ -1290,7 +1346,7 @@ class _SeqCall:
             HAS_BIAS=delta_bias is not None, MERGE=self.merge, SAME_GROUP=d_per_group % lanes == 0,
             BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED,
         )
-        self.grid = (triton.cdiv(self.Dm, lanes), self.batch)
+        self.grid = (_cdiv(self.Dm, lanes), self.batch)
 
     def strides(self, u, delta, A, z) -> tuple:
         zs = (z.stride(0), z.stride(1), z.stride(2)) if z is not None else (0, 0, 0)
@@ -1304,7 +1360,7 @@ class _SeqCall:
 
 def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, channels_last,
                  return_last_state, return_states, out_dtype):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, SEQ_FWD_LANES)
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], u, "fwd"))
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
                              channels_last)
@@ -1317,14 +1373,14 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states),
         *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
-        RET_STATES=return_states, **call.flags, num_warps=1,
+        RET_STATES=return_states, **call.flags, num_warps=1, **_maxnreg(SEQ_FWD_MAXNREG),
     )
     return out, last, states
 
 
 def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
                   merge, channels_last):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, SEQ_BWD_LANES)
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], u, "bwd"))
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     d_pad = call.grid[0] * call.block_d
     # the state entering every block of 8 steps, written by the kernel's first pass and read by its second
@@ -1332,11 +1388,11 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
-    dB, dC = torch.zeros_like(call.B), torch.zeros_like(call.C)
     Kx = K if call.x_routes else 1
-    dA = torch.zeros(A.shape[0], Dm, N, dtype=torch.float32, device=device)
-    dD = torch.zeros(Kx, Dm, dtype=torch.float32, device=device) if D is not None else None
-    dbias = torch.zeros(Kx, Dm, dtype=torch.float32, device=device) if delta_bias is not None else None
+    # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
+    dB, dC, dA, dD, dbias = _zeroed_views(device, call.B.shape, call.C.shape, (A.shape[0], Dm, N),
+                                          (Kx, Dm) if D is not None else None,
+                                          (Kx, Dm) if delta_bias is not None else None)
     dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
     wsu, wsdl, wsz = (_natural(batch, None, Dm, L, torch.float32, device, channels_last)[1] if K > 1 and shared
                       else None for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
@@ -1352,7 +1408,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, num_warps=1,
+        HAS_DSTATES=dstates is not None, **call.flags, num_warps=1, **_maxnreg(SEQ_BWD_MAXNREG),
     )
 
     def unstage(g: Tensor, k_input: int) -> Tensor:  # (B, K, G, Lp, NP) -> (B, Kb, G, N, L)
@@ -1386,7 +1442,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                       delta_softplus, merge, channels_last, return_last_state, return_states,
                                       out_dtype)
     _check(u, delta, B, C, z)
-    if sequential(route_kinds(order)[0]):
+    if sequential(route_kinds(order)[0], channels_last):
         return _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
                             channels_last, return_last_state, return_states, out_dtype)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "fwd")
@@ -1416,7 +1472,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                initial_state, order, inverse, delta_softplus, merge, channels_last,
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
-    if sequential(route_kinds(order)[0]):
+    if sequential(route_kinds(order)[0], channels_last):
         return _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                              delta_softplus, merge, channels_last)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "bwd")
