@@ -6,14 +6,16 @@ order (Bi, K, L), any strides, natural (spatial) positions. Nothing is copied in
 
 Two kernel families share the contract:
 
-- Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; ``sequential``): one
+- Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; and grid routes in the
+  channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
-  registers (the backward splits N over two half-warps). Tiles of 8 steps are loaded coalesced along time and split
+  registers (the backward splits N over two half-warps, or four lane groups when a call has too few programs to
+  hide latency; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced along time and split
   into steps in registers; the next block is prefetched into L1. The backward runs a forward pass that writes the
   state entering every block of 8 steps ((B, K, L/8, N, D) fp32, never (B, D, L, N)), then walks the blocks in
   reverse, recomputing each block's states in two halves, summing dB/dC over the warp's channels before one
   atomic add per (step, state). No lane exchange in the forward.
-- Tile kernels (grid routes: VMamba's column-major walks; permutations), described below.
+- Tile kernels (channels-first grid routes: VMamba's column-major walks; permutations), described below.
 
 How the tile kernels split the work:
 
@@ -42,11 +44,13 @@ How the tile kernels split the work:
 All arithmetic is fp32 (exp and log via exp2/log2); inputs may be fp32, fp16 or bf16; outputs are written in the
 requested dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
-Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd): VMamba-T s1 (tile kernels) 17.3x the
-floor; Vim-S 11.1x, DPMamba-M intra 21.2x, inter 24.5x (sequential kernels). ncu on Vim-S: both sequential kernels
-use 255 registers (12.5 % occupancy, 2 warps per scheduler) and wait on L1TEX loads (about half of their 5.4 / 6.7
-cycles per issued instruction); the backward also spills and spends ~1100 shuffles per block of 8 steps summing
-dB/dC over channels. The tile kernels: L1/TEX-bound forward (142 registers), shared-memory/atomic-bound backward.
+Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-23): VMamba-T s1 17.3x the floor
+channels-first (tile kernels), 17.8x channels-last (sequential kernels); Vim-S 11.1x, DPMamba-M intra 18.8x, inter
+15.6x (sequential kernels). ncu on Vim-S: both sequential kernels use 255 registers (12.5 % occupancy, 2 warps per
+scheduler) and wait on L1TEX loads (about half of their 5.4 / 6.7 cycles per issued instruction); the backward also
+spills (55 M local-memory requests) and issues 27.6 % of cycles. The tile kernels on VMamba-T s1: the forward moves
+~10 GB at 1.87 TB/s (route-sum workspace round trips and column walks over channels-first rows), the backward is
+latency-bound at 190 registers (2 warps per scheduler).
 """
 
 from __future__ import annotations
