@@ -7,7 +7,8 @@
 of issue #4. For each shape it prints forward, backward and forward+backward time (``triton.testing.do_bench``
 median, L2 flushed between runs), the achieved bandwidth counted on the minimal bytes, the physical floor
 (shared/reference/kernels.md section 4: max of memory, FP32 and MUFU time at the H100's measured ceilings) and
-the time over that floor, next to the chunked PyTorch path and, when importable, mamba_ssm's CUDA kernel.
+the time over that floor, next to the chunked PyTorch path and, when importable, mamba_ssm's CUDA kernel
+(``mamba_cuda_scan``: one call per route, as VMamba and Vim glue it).
 Activations and the output are in the benchmarked dtype (``out_dtype``), as a model would call the op.
 """
 from __future__ import annotations
@@ -134,12 +135,78 @@ def time_backend(backend: str, kw: dict) -> dict[str, float]:
                 total=1e3 * do_bench(both, return_mode="median"), first_s=first)
 
 
-def mamba_cuda_note() -> str:
+class _MambaCudaRoute(torch.autograd.Function):
+    """One route through mamba_ssm's CUDA kernel (``selective_scan_cuda.fwd/bwd``), as its own
+    ``SelectiveScanFn`` calls it: (B, D, L) u and delta, (D, N) A, (B, G, N, L) B and C, fp32 D and delta_bias."""
+
+    @staticmethod
+    def forward(ctx, module, u, delta, A, B, C, D, delta_bias):
+        out, x, *_ = module.fwd(u, delta, A, B, C, D, None, delta_bias, True)
+        ctx.module = module
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, delta_bias, x, out = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dbias, *_ = ctx.module.bwd(u, delta, A, B, C, D, None, delta_bias,
+                                                              dout.contiguous(), x, out, None, True, False)
+        return None, du, ddelta, dA, dB, dC, dD, dbias
+
+
+def mamba_cuda_scan(module, u, delta, A, B, C, D, z, delta_bias, routes, merge, layout="channels_first",
+                    out_dtype=None):
+    """``selective_scan``'s semantics (channels-first, shared routes) from mamba_ssm's one-route CUDA kernel, the way
+    a VMamba- or Vim-style model glues it: each route's inputs gathered into route order (a copy, skipped for the
+    storage order), one kernel call per route, the outputs put back in place, merged, then gated by silu(z)."""
+    if layout != "channels_first" or routes.per_batch:
+        raise ValueError("mamba_cuda_scan: channels-first layout and shared routes only")
+    K, L, spatial = routes.K, routes.L, delta.shape[3:]
+    order, inverse = (x[0] for x in routes.index(u.device))
+    identity = [bool(torch.equal(order[k].cpu(), torch.arange(L))) for k in range(K)]
+    per_route_u = u.dim() == delta.dim()
+    flat = lambda x, feat: x.reshape(*x.shape[:1 + feat], L)  # noqa: E731  (B, *feat, *spatial) -> (B, *feat, L)
+    u, delta, B, C = flat(u, 2 if per_route_u else 1), flat(delta, 2), flat(B, 3), flat(C, 3)
+    outs = []
+    for k in range(K):
+        def route(x, k=k):
+            return x.contiguous() if identity[k] else x.index_select(-1, order[k])
+        y = _MambaCudaRoute.apply(module, route(u[:, k] if per_route_u else u), route(delta[:, k]), A[k],
+                                  route(B[:, k]), route(C[:, k]), D[k], delta_bias[k])
+        outs.append(y if identity[k] else y.index_select(-1, inverse[k]))
+    y = torch.stack(outs).sum(0) if merge == "sum" else torch.stack(outs).mean(0)
+    if z is not None:
+        y = y * torch.nn.functional.silu(flat(z, 1))
+    return y.reshape(*y.shape[:2], *spatial)
+
+
+def mamba_cuda_module():
+    """mamba_ssm's compiled extension, or None with the reason."""
     try:
-        import selective_scan_cuda  # noqa: F401  (mamba_ssm's compiled extension)
+        import selective_scan_cuda  # mamba_ssm's compiled extension
     except ImportError as err:
-        return f"mamba_ssm selective_scan_cuda: not importable here ({err}); not timed"
-    return "mamba_ssm selective_scan_cuda: importable, but this tool has no runner for it yet; not timed"
+        return None, f"mamba_ssm selective_scan_cuda: not importable here ({err}); not timed"
+    return selective_scan_cuda, "mamba_ssm selective_scan_cuda: timed (one call per route, gathers and merge in PyTorch)"
+
+
+def time_mamba_cuda(module, kw: dict) -> dict[str, float]:
+    """Median µs of ``mamba_cuda_scan`` forward, backward and both (same method as ``time_backend``)."""
+    from triton.testing import do_bench
+
+    leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
+
+    def forward():
+        return mamba_cuda_scan(module, **kw)
+
+    out = forward()
+    grad = torch.randn_like(out)
+    torch.autograd.grad(out, leaves, grad)
+    with torch.no_grad():
+        fwd = do_bench(forward, return_mode="median")
+    out = forward()
+    bwd = do_bench(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), return_mode="median")
+    total = do_bench(lambda: torch.autograd.grad(forward(), leaves, grad), return_mode="median")
+    return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
 
 
 def bench_ops(args: argparse.Namespace) -> int:
@@ -149,9 +216,13 @@ def bench_ops(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, layout {args.layout}, "
           f"{time.strftime('%Y-%m-%d')}")
-    print(mamba_cuda_note())
+    mamba, note = mamba_cuda_module()
+    if mamba is not None and args.layout != "channels_first":
+        mamba, note = None, "mamba_ssm selective_scan_cuda: channels-first only; not timed"
+    print(note)
     header = (f"{'shape':18} {'dtype':5} {'fwd µs':>8} {'bwd µs':>8} {'f+b µs':>8} {'GB/s':>6} {'floor µs':>9} "
-              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10}")
+              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10}"
+              + (f" {'mamba f/b/f+b µs':>20} {'vs mamba':>8}" if mamba is not None else ""))
     print(header)
     for dtype_name in args.dtype:
         dtype = DTYPES[dtype_name]
@@ -165,8 +236,13 @@ def bench_ops(args: argparse.Namespace) -> int:
             ratio = f"{tri['fwd'] / f_floor:4.1f}/{tri['bwd'] / b_floor:4.1f}/{tri['total'] / (f_floor + b_floor):4.1f}"
             chunk_txt = (f"{chunk['total']:15.0f} {chunk['total'] / tri['total']:9.1f}x" if chunk
                          else f"{'-':>15} {'-':>10}")
+            peer_txt = ""
+            if mamba is not None:
+                peer = time_mamba_cuda(mamba, kw)
+                peer_txt = (f" {peer['fwd']:6.0f}/{peer['bwd']:6.0f}/{peer['total']:6.0f}"
+                            f" {peer['total'] / tri['total']:7.1f}x")
             print(f"{name:18} {dtype_name:5} {tri['fwd']:8.0f} {tri['bwd']:8.0f} {tri['total']:8.0f} {gbps:6.0f} "
-                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f}")
+                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f}{peer_txt}")
             del kw
             torch.cuda.empty_cache()
     return 0

@@ -1,0 +1,70 @@
+"""tools/benchmark.py: the mamba_ssm runner's glue (route gathers, merge, gate) against ssmzoo's op, on the CPU.
+
+mamba_ssm's ``selective_scan_cuda`` cannot be built here; a stand-in with its interface (``fwd`` / ``bwd`` of one
+forward route, computed by ssmzoo's reference) checks that ``mamba_cuda_scan`` gives the op's outputs and gradients.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ssmzoo.ops import directions, selective_scan
+from ssmzoo.ops.selective_scan import reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import benchmark  # noqa: E402
+
+
+def _one_route(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """mamba_ssm's semantics for one call: (B, D, L) u, delta; (D, N) A; (B, G, N, L) B, C; z ignored (None)."""
+    L = u.shape[-1]
+    order = torch.arange(L).view(1, 1, L)
+    y, _, _ = reference.selective_scan(u.unsqueeze(1), delta.unsqueeze(1), A.unsqueeze(0), B.unsqueeze(1),
+                                       C.unsqueeze(1), D.unsqueeze(0), None, delta_bias.unsqueeze(0), None, order,
+                                       order, softplus, "sum", False, False, False, None)
+    return y
+
+
+def _fake_mamba_module():
+    def fwd(u, delta, A, B, C, D, z, delta_bias, softplus):
+        assert z is None and u.stride(-1) == 1 and delta.stride(-1) == 1
+        return [_one_route(u, delta, A, B, C, D, z, delta_bias, softplus).to(u.dtype), torch.empty(0)]
+
+    def bwd(u, delta, A, B, C, D, z, delta_bias, dout, x, out, dz, softplus, recompute_out_z):
+        with torch.enable_grad():  # called from inside autograd's backward
+            leaves = [t.detach().requires_grad_() for t in (u, delta, A, B, C, D, delta_bias)]
+            y = _one_route(*leaves[:6], None, leaves[6], softplus)
+            return list(torch.autograd.grad(y, leaves, dout))
+
+    return SimpleNamespace(fwd=fwd, bwd=bwd)
+
+
+@pytest.mark.parametrize("name", ["vim-s", "vmamba-t-s1"])
+def test_mamba_cuda_runner_matches_the_op(name):
+    shape = benchmark.SHAPES[name]
+    spatial = (5, 4) if shape.routes == "cross2d" else (9,)
+    small = benchmark.ScanShape(name, 2, 3, min(shape.states, 2), spatial, shape.routes, shape.per_route_u,
+                                shape.gated, shape.merge)
+    kw = benchmark.scan_inputs(small, torch.float64, "channels_first", device="cpu")
+    kw["out_dtype"] = torch.float64
+    leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
+    want = selective_scan(**kw)
+    got = benchmark.mamba_cuda_scan(_fake_mamba_module(), **kw)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(want)
+    for g_got, g_want in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(want, leaves, grad),
+                             strict=True):
+        torch.testing.assert_close(g_got, g_want)
+
+
+def test_mamba_cuda_runner_refuses_what_it_cannot_glue():
+    routes = directions.bidi(4)
+    u = torch.zeros(1, 2, 4)
+    with pytest.raises(ValueError, match="channels-first layout"):
+        benchmark.mamba_cuda_scan(SimpleNamespace(), u, u, None, None, None, None, None, None, routes, "sum",
+                                  layout="channels_last")
