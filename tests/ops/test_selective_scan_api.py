@@ -1,6 +1,8 @@
 """The public selective_scan: argument errors, dispatch, SSMZOO_CHECK_FINITE, torch.export / torch.compile (one
 op), ONNX export (dynamo exporter) against onnxruntime."""
+import importlib
 import re
+import types
 import warnings
 
 import numpy as np
@@ -88,6 +90,39 @@ def test_outputs_are_contiguous_in_their_layout(layout):
                                            return_states=True)
         assert out.is_contiguous() and last.is_contiguous() and states.is_contiguous()
         assert last.shape == (2, 4, 4, 2) and states.shape == (2, 4, 4, 15, 2)
+
+
+def test_triton_that_cannot_compile_falls_back_to_chunked_with_one_warning(monkeypatch):
+    """A Triton backend whose kernels fail in the toolchain (ptxas, resources) hands the call, forward and backward,
+    to chunked with one warning, and later calls go straight to chunked."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import PTXASError
+
+    scan_module = importlib.import_module("ssmzoo.ops.selective_scan")  # the package, not the function
+    failing = types.SimpleNamespace(calls=0)
+
+    def broken(*args, **kwargs):
+        failing.calls += 1
+        raise PTXASError("ptxas fatal: Value 'sm_61' is not defined for option 'gpu-name'")
+
+    triton_backend = types.SimpleNamespace(selective_scan=broken, selective_scan_backward=broken)
+    real_load = scan_module._load
+    monkeypatch.setattr(scan_module, "_load", lambda name: triton_backend if name == "triton" else real_load(name))
+    monkeypatch.setattr(scan_module, "backend_name", lambda device: "triton")
+    monkeypatch.setattr(scan_module, "_triton_unusable", set())
+    monkeypatch.setattr(scan_module, "_warned", set())
+    kw = _vmamba_args()
+    leaves = [kw[name].requires_grad_() for name in ("u", "delta")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = selective_scan(**kw)
+        torch.autograd.grad(y.sum(), leaves)
+        selective_scan(**kw)
+    messages = [str(w.message) for w in caught if "cannot be compiled" in str(w.message)]
+    assert len(messages) == 1 and "PTXASError" in messages[0] and "sm_61" in messages[0]
+    assert failing.calls == 1  # the first forward only: the backward and the next call went to chunked
+    monkeypatch.setenv("SSMZOO_BACKEND", "chunked")
+    torch.testing.assert_close(y, selective_scan(**kw))
 
 
 def test_dispatch(monkeypatch):

@@ -4,7 +4,8 @@ Backends (same canonical signature, see ``reference.selective_scan``): ``referen
 ``chunked`` (parallel PyTorch, CPU and ONNX), ``cpu_kernel`` (a numba-compiled CPU forward; its backward and the
 calls it does not cover are chunked's) and ``triton`` (CUDA kernels). ``SSMZOO_BACKEND`` forces one; else CUDA
 tensors use triton when it is importable and CPU tensors use cpu_kernel (chunked when numba is not importable). A
-CUDA call without triton falls back to chunked with a one-time warning. During ONNX export the chunked path is
+CUDA call without triton, or where Triton cannot compile or launch its kernels (ptxas refusing the GPU, too little
+shared memory), falls back to chunked with a one-time warning. During ONNX export the chunked path is
 traced directly, so the ONNX graph holds standard ops only; torch.compile and torch.export see the single op
 ``torch.ops.ssmzoo.selective_scan``.
 """
@@ -65,11 +66,43 @@ def backend_name(device: torch.device) -> str:
     return wanted
 
 
+_triton_unusable: set[str] = set()  # device types where Triton could not compile or launch its kernels
+
+
 def _op_backend(device: torch.device) -> ModuleType:
     """The module behind the op. The reference has no analytic backward: forced, it runs outside the op under
-    autograd (``_run``), and a direct call of the op falls back to chunked."""
+    autograd (``_run``), and a direct call of the op falls back to chunked. Where Triton failed to compile its
+    kernels once (``_with_fallback``), chunked."""
     name = backend_name(device)
+    if name == "triton" and device.type in _triton_unusable:
+        name = "chunked"
     return _load("chunked" if name == "reference" else name)
+
+
+def _toolchain_errors() -> tuple[type[BaseException], ...]:
+    """Triton's errors that mean "cannot compile or launch here" (ptxas missing or refusing the GPU, a kernel
+    needing more shared memory or registers than the GPU has) rather than a bug: they switch to chunked."""
+    try:
+        from triton.runtime.errors import OutOfResources, PTXASError
+    except ImportError:
+        return ()
+    return (PTXASError, OutOfResources)
+
+
+def _with_fallback(device: torch.device, method: str, *args):
+    """``backend.<method>(*args)``; when the Triton backend cannot compile here, warn once and run chunked from
+    then on for this device type."""
+    backend = _op_backend(device)
+    try:
+        return getattr(backend, method)(*args)
+    except _toolchain_errors() as err:
+        if backend is not _load("triton"):
+            raise
+        _triton_unusable.add(device.type)
+        _warn_once(f"triton-failed-{device.type}", f"selective_scan: the Triton kernels cannot be compiled or "
+                                                    f"launched on this {device.type} device ({type(err).__name__}: "
+                                                    f"{err}); using the chunked PyTorch path (slower)")
+        return getattr(_load("chunked"), method)(*args)
 
 
 def _empty(x: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
@@ -88,9 +121,9 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
 
 def _scan_impl(u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge,
                channels_last, return_last_state, return_states, out_dtype) -> tuple[Tensor, Tensor, Tensor]:
-    y, last, states = _op_backend(u.device).selective_scan(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus, merge, channels_last,
-        return_last_state, return_states, out_dtype)
+    y, last, states = _with_fallback(
+        u.device, "selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse,
+        delta_softplus, merge, channels_last, return_last_state, return_states, out_dtype)
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     # contiguous, as the fake promises (compiled code relies on the fake's strides)
     return y.contiguous(), _empty(last, u, dtype).contiguous(), _empty(states, u, dtype).contiguous()
@@ -124,9 +157,9 @@ def _scan_backward_op(dy: Tensor, dlast: Tensor | None, dstates: Tensor | None, 
 
 def _scan_backward_impl(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse,
                         delta_softplus, merge, channels_last, out_dtype, as_op=True) -> list[Tensor | None]:
-    grads = _op_backend(u.device).selective_scan_backward(
-        dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, inverse, delta_softplus,
-        merge, channels_last, out_dtype)
+    grads = _with_fallback(
+        u.device, "selective_scan_backward", dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias,
+        initial_state, order, inverse, delta_softplus, merge, channels_last, out_dtype)
     if not as_op:  # eager autograd takes gradients of any strides, and None for absent inputs
         return grads
     result = []
