@@ -233,7 +233,10 @@ def _plain(x: Tensor) -> Tensor:
 
 def _run(c: Canonical, delta_softplus: bool, merge: str | None, return_last_state: bool, return_states: bool,
          out_dtype: torch.dtype | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    order, inverse = _plain(c.order), _plain(c.inverse)
+    if torch.compiler.is_compiling():  # dynamo cannot trace is_inference(); compiled code runs no inference tensors
+        order, inverse = c.order, c.inverse
+    else:
+        order, inverse = _plain(c.order), _plain(c.inverse)
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, c.initial_state, order, inverse,
             delta_softplus, merge or "none", c.channels_last, return_last_state, return_states, out_dtype)
     if torch.onnx.is_in_onnx_export():  # trace the standard ops of the exportable path into the ONNX graph
