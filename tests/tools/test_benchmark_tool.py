@@ -68,3 +68,18 @@ def test_mamba_cuda_runner_refuses_what_it_cannot_glue():
     with pytest.raises(ValueError, match="channels-first layout"):
         benchmark.mamba_cuda_scan(SimpleNamespace(), u, u, None, None, None, None, None, None, routes, "sum",
                                   layout="channels_last")
+
+
+@pytest.mark.slow
+def test_kernel_stats_compiles_for_the_h100_without_a_gpu():
+    """tools/kernel_stats.py: both sequential kernels compile for sm_90 here and report registers."""
+    pytest.importorskip("triton")
+    import subprocess
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "kernel_stats.py"
+    done = subprocess.run([sys.executable, str(tool), "--shapes", "dpmamba-m-inter"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["_seq_fwd_kernel", "_seq_bwd_kernel"]
+    assert all(0 < int(r[3]) <= 255 for r in rows)  # registers per thread

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Compile the selective-scan Triton kernels for a GPU architecture on any machine (no GPU needed) and print what
+the compiler made of them: registers, spill stack, shared memory and the SASS instruction mix.
+
+    python tools/kernel_stats.py [--shapes vim-s dpmamba-m-intra ...] [--layout channels_last] [--arch 90]
+
+It runs the kernels' host code on small CPU tensors of each benchmark shape (tools/benchmark.py's SHAPES, batch 2,
+at most 64 channels: the compiled code depends on flags and dtypes, not on sizes) with a stand-in driver, so every
+launch compiles for ``--arch`` and is not run. Register counts and spills decide occupancy for these latency-bound
+kernels (issue #4), so a variant can be judged here before it costs device time; speed still needs the GPU
+(``tools/benchmark.py ops``). Needs Triton's bundled cuobjdump (the Linux x86-64 wheel has it).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402  (the reference shapes and their inputs)
+
+
+class _CompileOnlyDriver:
+    """Just enough of Triton's active driver for JITFunction.run to compile for ``arch``."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+def _cuobjdump() -> str:
+    import triton.backends.nvidia as nvidia
+
+    return os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+
+
+def sass_stats(cubin: bytes) -> dict:
+    """Registers, stack (spills), shared memory and instruction counts (static) of one compiled kernel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        match = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+        if match:
+            ops[match.group(1)] += 1
+
+    def field(name):
+        found = re.search(rf"{name}:(\d+)", usage)
+        return int(found.group(1)) if found else 0
+
+    return dict(regs=field("REG"), stack=field("STACK"), shared=field("SHARED"), ops=ops)
+
+
+def compile_kernels(call, arch: int) -> list[dict]:
+    """Run ``call()`` with every Triton launch compiled for ``arch`` instead of run; one record per launch."""
+    import triton.runtime.jit as jit
+    from triton.runtime import driver
+
+    records = []
+    run = jit.JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        records.append(dict(name=self.fn.__name__, num_warps=kernel.metadata.num_warps,
+                            **sass_stats(kernel.asm["cubin"])))
+        return kernel
+
+    active = driver._active  # None until first used; restored afterwards (reset_active fails with no GPU)
+    driver.set_active(_CompileOnlyDriver(arch))
+    jit.JITFunction.run = compile_only
+    try:
+        call()
+    finally:
+        jit.JITFunction.run = run
+        driver._active = active
+    return records
+
+
+def shape_calls(name: str, layout: str, dtype: torch.dtype):
+    """A function that runs the forward and backward host code of the Triton backend at ``name`` (small sizes)."""
+    from ssmzoo.ops.selective_scan.checks import canonicalize
+
+    kernels = importlib.import_module("ssmzoo.ops.selective_scan.triton")
+    kernels._INTERPRETED = True  # let CPU tensors through the device check; the launches only compile
+    ref = benchmark.SHAPES[name]
+    small = benchmark.ScanShape(name, 2, min(ref.channels, 64), ref.states, ref.spatial, ref.routes, ref.per_route_u,
+                                ref.gated, ref.merge)
+    kw = benchmark.scan_inputs(small, dtype, layout, device="cpu")
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    c = canonicalize(*(kw[n].detach() if kw[n] is not None else None for n in names), kw["routes"], layout, None)
+    args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, None, c.order, c.inverse, True, small.merge,
+            c.channels_last)
+
+    # the backward's lanes depend on the program count (``_seq_lanes``): decide them at the real size
+    real_programs = ref.batch * -(-ref.channels // kernels.SEQ_BWD_LANES)
+    few = kernels.SEQ_FEW_PROGRAMS
+    few_here = 1 << 62 if real_programs < few else 0
+
+    def call():
+        kernels.SEQ_FEW_PROGRAMS = few_here
+        try:
+            y, _, _ = kernels.selective_scan(*args, False, False, dtype)
+            kernels.selective_scan_backward(torch.zeros_like(y), None, None, *args, dtype)
+        finally:
+            kernels.SEQ_FEW_PROGRAMS = few
+
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", choices=list(benchmark.SHAPES), default=list(benchmark.SHAPES))
+    parser.add_argument("--layout", choices=("channels_first", "channels_last"), default="channels_first")
+    parser.add_argument("--dtype", choices=sorted(benchmark.DTYPES), default="bf16")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    args = parser.parse_args(argv)
+    print(f"{'shape':16} {'kernel':16} {'warps':>5} {'regs':>4} {'stack':>5} {'shared':>6} {'instr':>6} "
+          f"{'MUFU':>5} {'FP32':>5} {'LD':>4} {'ST':>4} {'RED':>4} {'SHFL':>5} {'BAR':>4}")
+    for name in args.shapes:
+        for r in compile_kernels(shape_calls(name, args.layout, benchmark.DTYPES[args.dtype]), args.arch):
+            ops = r["ops"]
+            fp32 = ops["FFMA"] + ops["FMUL"] + ops["FADD"]
+            mem = [sum(v for k, v in ops.items() if k.startswith(p)) for p in ("LD", "ST")]
+            print(f"{name:16} {r['name']:16} {r['num_warps']:5} {r['regs']:4} {r['stack']:5} {r['shared']:6} "
+                  f"{sum(ops.values()):6} {ops['MUFU']:5} {fp32:5} {mem[0]:4} {mem[1]:4} "
+                  f"{ops['RED'] + ops['ATOM'] + ops['REDG'] + ops['ATOMG']:4} {ops['SHFL']:5} {ops['BAR']:4}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
