@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -116,18 +117,18 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, None, c.order, c.inverse, True, small.merge,
             c.channels_last)
 
-    # the backward's lanes depend on the program count (``_seq_lanes``): decide them at the real size
-    real_programs = ref.batch * -(-ref.channels // kernels.SEQ_BWD_LANES)
-    few = kernels.SEQ_FEW_PROGRAMS
-    few_here = 1 << 62 if real_programs < few else 0
+    # lanes depend on the number of programs (``_seq_lanes``): take the real shape's choice
+    real_u = SimpleNamespace(shape=(ref.batch, 1, ref.channels, ref.L))
+    lanes = {which: kernels._seq_lanes(ref.states, real_u, which) for which in ("fwd", "bwd")}
+    choose = kernels._seq_lanes
 
     def call():
-        kernels.SEQ_FEW_PROGRAMS = few_here
+        kernels._seq_lanes = lambda N, u, which: lanes[which]
         try:
             y, _, _ = kernels.selective_scan(*args, False, False, dtype)
             kernels.selective_scan_backward(torch.zeros_like(y), None, None, *args, dtype)
         finally:
-            kernels.SEQ_FEW_PROGRAMS = few
+            kernels._seq_lanes = choose
 
     return call
 
