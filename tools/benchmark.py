@@ -105,34 +105,29 @@ def scan_inputs(shape: ScanShape, dtype: torch.dtype, layout: str, device="cuda"
     )
 
 
-def time_backend(backend: str, kw: dict) -> dict[str, float]:
-    """Median µs of forward, backward (given the forward's graph) and both, plus the first call (compiles)."""
+def _fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> dict[str, float]:
+    """Median µs of ``forward()``, of the backward of its graph, and of both (do_bench, L2 flushed)."""
     from triton.testing import do_bench
 
+    out = forward()
+    grad = torch.randn_like(out)
+    with torch.no_grad():
+        fwd = do_bench(forward, return_mode="median")
+    bwd = do_bench(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), return_mode="median")
+    total = do_bench(lambda: torch.autograd.grad(forward(), leaves, grad), return_mode="median")
+    return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
+
+
+def time_backend(backend: str, kw: dict) -> dict[str, float]:
+    """Median µs of forward, backward (given the forward's graph) and both, plus the first call (compiles)."""
     os.environ["SSMZOO_BACKEND"] = backend
     leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
     start = time.perf_counter()
     out = selective_scan(**kw)
-    grad = torch.randn_like(out)
-    torch.autograd.grad(out, leaves, grad)
+    torch.autograd.grad(out, leaves, torch.randn_like(out))
     torch.cuda.synchronize()
     first = time.perf_counter() - start
-
-    def forward():
-        return selective_scan(**kw)
-
-    out = forward()
-
-    def backward():
-        torch.autograd.grad(out, leaves, grad, retain_graph=True)
-
-    def both():
-        torch.autograd.grad(forward(), leaves, grad)
-
-    with torch.no_grad():
-        fwd = do_bench(forward, return_mode="median")
-    return dict(fwd=1e3 * fwd, bwd=1e3 * do_bench(backward, return_mode="median"),
-                total=1e3 * do_bench(both, return_mode="median"), first_s=first)
+    return dict(_fwd_bwd_us(lambda: selective_scan(**kw), leaves), first_s=first)
 
 
 class _MambaCudaRoute(torch.autograd.Function):
@@ -191,22 +186,10 @@ def mamba_cuda_module():
 
 def time_mamba_cuda(module, kw: dict) -> dict[str, float]:
     """Median µs of ``mamba_cuda_scan`` forward, backward and both (same method as ``time_backend``)."""
-    from triton.testing import do_bench
-
     leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
-
-    def forward():
-        return mamba_cuda_scan(module, **kw)
-
-    out = forward()
-    grad = torch.randn_like(out)
-    torch.autograd.grad(out, leaves, grad)
-    with torch.no_grad():
-        fwd = do_bench(forward, return_mode="median")
-    out = forward()
-    bwd = do_bench(lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True), return_mode="median")
-    total = do_bench(lambda: torch.autograd.grad(forward(), leaves, grad), return_mode="median")
-    return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
+    out = mamba_cuda_scan(module, **kw)
+    torch.autograd.grad(out, leaves, torch.randn_like(out))  # first call outside the timing
+    return _fwd_bwd_us(lambda: mamba_cuda_scan(module, **kw), leaves)
 
 
 def bench_ops(args: argparse.Namespace) -> int:

@@ -205,10 +205,9 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        y, last, states = _scan_impl(*args)
-        ctx.save_for_backward(*args[:11])
-        ctx.flags = args[11:]
-        return y, last, states
+        outputs = _scan_impl(*args)
+        _setup_context(ctx, args, outputs)
+        return outputs
 
     @staticmethod
     def backward(ctx, dy, dlast, dstates):

@@ -10,8 +10,8 @@ Two kernel families share the contract:
   channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
   registers (the backward splits N over two half-warps, or four lane groups when a call has too few programs to
-  hide latency; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced along time and split
-  into steps in registers; the next block is prefetched into L1. The backward runs a forward pass that writes the
+  hide latency; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced
+  along time and split into steps in registers; the next block is prefetched into L1. The backward runs a forward pass that writes the
   state entering every block of 8 steps ((B, K, L/8, N, D) fp32, never (B, D, L, N)), then walks the blocks in
   reverse, recomputing each block's states in two halves, summing dB/dC over the warp's channels before one
   atomic add per (step, state). No lane exchange in the forward.
@@ -1524,13 +1524,10 @@ def _canonical_dy(dy: Tensor, merge: int, channels_last: bool) -> Tensor:
 
 def _accumulators(call: _Call, A: Tensor, D: Tensor | None, delta_bias: Tensor | None, device):
     """Zeroed fp32 buffers the backward adds into: dB, dC (B, Kb, G, N, L), dA (Ka, D, N), dD, ddelta_bias (Kx, D)."""
-    def zeros(*shape):
-        return torch.zeros(shape, dtype=torch.float32, device=device)
-
     Kx = call.K if call.flags["X_ROUTES"] else 1
     bc = (call.batch, call.B.shape[1], call.G, call.N, call.L)
-    return (zeros(*bc), zeros(*bc), zeros(A.shape[0], call.Dm, call.N),
-            zeros(Kx, call.Dm) if D is not None else None, zeros(Kx, call.Dm) if delta_bias is not None else None)
+    return _zeroed_views(device, bc, bc, (A.shape[0], call.Dm, call.N), (Kx, call.Dm) if D is not None else None,
+                         (Kx, call.Dm) if delta_bias is not None else None)
 
 
 def _fold_routes(g: Tensor, k_input: int, dim: int = 1) -> Tensor:
