@@ -131,6 +131,10 @@ CASES = [
 # fills whole tiles (one B/C row per tile, dB/dC summed over the tile's channels).
 CASES.append(("bidi-whole-channel-tiles", dict(batch=2, Dm=32, N=4, G=1, spatial=(19,), routes=directions.bidi(19),
                                                per_route_u=True, init=True), "sum"))
+# Two groups of 16 channels: the backward's tiles of 8 (or 16) channels each store their own dB/dC rows, which the
+# host sums per group.
+CASES.append(("bidi-groups-of-whole-tiles", dict(batch=1, Dm=32, N=4, G=2, spatial=(19,), routes=directions.bidi(19),
+                                                 per_route_u=True, per_route_bc=False), "sum"))
 # Grid and permutation routes dispatch to the tile kernels; the sequential kernels support them too (checked here
 # by calling them directly).
 SEQ_GRID_CASE = ("cross2d-groups-shared-u", "permutations-per-sample-staged-bc")
@@ -141,16 +145,28 @@ LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cro
                   init=True)
 
 
+# Case-id prefixes that change one knob of the kernels' dispatch. Tiny calls get the backward's 8 lanes (4 threads
+# per channel), all routes in one program, and atomics for dB/dC when N > 1; these reach the other choices.
+KNOB_PREFIXES = {
+    "bwd16": ("SEQ_FEW_PROGRAMS", 0),  # 16 lanes (2 threads per channel)
+    "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route sums through atomics
+    "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
+}
+
+
 def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
 
-    if case_id.startswith("bwd16:"):  # small calls give the backward 8 lanes (4 per channel); this forces 16 (2)
-        saved, kernels.SEQ_FEW_PROGRAMS = kernels.SEQ_FEW_PROGRAMS, 0
+    prefix, _, rest = case_id.partition(":")
+    if prefix in KNOB_PREFIXES:  # the same case with one dispatch knob changed
+        knob, value = KNOB_PREFIXES[prefix]
+        saved = getattr(kernels, knob)
+        setattr(kernels, knob, value)
         try:
-            return run_interpreted_case(case_id.split(":", 1)[1])
+            return run_interpreted_case(rest)
         finally:
-            kernels.SEQ_FEW_PROGRAMS = saved
+            setattr(kernels, knob, saved)
     # several tiles at tiny L; backward with lanes along channels up to L = 30, along time beyond
     kernels.MAX_T, kernels.CL_STEPS, kernels.SHORT_L = 32, 8, 30
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
@@ -198,7 +214,10 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
 
 
 INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
-               + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states"])
+               + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
+                  "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
+                  "parallel:cross2d-channels-last-per-route-out",
+                  "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles"])
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,7 @@ import os
 import weakref
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -191,16 +192,20 @@ def _load_bc(ptrs, tmask, m3, SAME_GROUP: tl.constexpr, PADDED: tl.constexpr):
 
 
 @triton.jit
-def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K: tl.constexpr):
+def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K: tl.constexpr,
+               PAR_ROUTES: tl.constexpr = False):
     """Sum a tile over the K routes of this program: routes 0..K-2 leave the running sum in the fp32 workspace,
-    route K-1 adds it and writes the total in the output's dtype."""
-    if K > 1:
+    route K-1 adds it and writes the total in the output's dtype. With routes in parallel programs every route adds
+    into the (zeroed) workspace, which the host then copies to the output."""
+    if PAR_ROUTES and K > 1:
+        tl.atomic_add(ws_ptr + ws_offs, val, mask=mask, sem="relaxed")
+    else:
         if k > 0:
             val += tl.load(ws_ptr + ws_offs, mask=mask, other=0.0)
         if k < K - 1:
             tl.store(ws_ptr + ws_offs, val, mask=mask)
-    if k == K - 1:
-        tl.store(out_ptr + out_offs, val.to(out_ptr.dtype.element_ty), mask=mask)
+        if k == K - 1:
+            tl.store(out_ptr + out_offs, val.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -636,13 +641,16 @@ def _seq_fwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, PAR_ROUTES: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     t = tl.arange(0, 8)
+    # PAR_ROUTES: one route per program (grid axis 2), the others walk no blocks; merged routes add into the fp32
+    # workspace (atomics) and the host finishes the merge
+    route = tl.program_id(2) if PAR_ROUTES else -1
     # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
     # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
     e = tl.arange(0, NP * BLOCK_D) * one
@@ -673,7 +681,8 @@ def _seq_fwd_kernel(
             h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
         else:
             h = tl.zeros([NP, BLOCK_D], tl.float32)
-        for jj in range(n_sub):
+        live = (route == k) if PAR_ROUTES else (pid_d >= 0)
+        for jj in range(tl.where(live, n_sub, 0)):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
                 jn = _next_block(j, n_sub, REVS[k]) * 8
@@ -698,7 +707,9 @@ def _seq_fwd_kernel(
             if HAS_D:
                 y += Dk[:, None] * u
             ws = ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
-            if MERGE == 0 or k == K - 1:
+            if PAR_ROUTES and MERGE != 0 and K > 1:
+                tl.atomic_add(ws, y, mask=m2, sem="relaxed")
+            elif MERGE == 0 or k == K - 1:
                 if MERGE != 0 and K > 1:
                     y += tl.load(ws, mask=m2, other=0.0)
                 if MERGE == 2:
@@ -714,7 +725,7 @@ def _seq_fwd_kernel(
                     y += tl.load(ws, mask=m2, other=0.0)
                 tl.store(ws, y, mask=m2)
         if RET_LAST:
-            tl.store(last_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(h), mask=e_mask)
+            tl.store(last_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(h), mask=e_mask & live)
         tl.debug_barrier()  # the next route rereads the workspace
 
 
@@ -763,7 +774,7 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
 @triton.jit
 def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
            ndmask, N, KIND: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr, SAME_GROUP: tl.constexpr,
-           HAS_Z: tl.constexpr):
+           HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
     """Adjoint of base-order step s. ga: a_next * g_next (the adjoint flowing back into the state after step s);
     hp: the state before step s. Returns the adjoint flowing into hp, dA, and per channel the gradient of dt
     (before softplus), of u (scan part) and the scan output y (for dz)."""
@@ -784,7 +795,10 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
     ddt = tl.sum(w * A2, 0) * 0.6931471805599453 + u_i * gB
     pB = g * dtu[None, :]
     pC = h * dy_i[None, :]
-    if SAME_GROUP:  # one row of B and C for the whole tile: sum over its channels, then one atomic per state
+    if PARTIAL_BC:  # one row of B and C for the whole tile: its channels' sum, stored to the tile's own row
+        tl.store(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid)
+        tl.store(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid)
+    elif SAME_GROUP:  # one row of B and C for the whole tile: sum over its channels, then one atomic per state
         tl.atomic_add(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid, sem="relaxed")
         tl.atomic_add(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid, sem="relaxed")
     else:
@@ -801,7 +815,7 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
 def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
              N,
              KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
     """Backward through a block of 8 steps given the state entering it (at ``ck``) and the adjoint ga flowing back
     from after it. The states of the block are recomputed in two halves of 4 (register budget): the first half is
     run once to reach the second, whose states are kept for its adjoint, then again for its own.
@@ -823,25 +837,33 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
     ga, dA, t7, v7, y7 = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t6, v6, y6 = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t5, v5, y5 = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t4, v4, y4 = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     p0 = _tile(tl.load(ck), A2.shape[1])
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
     ga, dA, t3, v3, y3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t2, v2, y2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t1, v1, y1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     ga, dA, t0, v0, y0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
     if REV:
         return (ga, dA, _join8(t7, t6, t5, t4, t3, t2, t1, t0), _join8(v7, v6, v5, v4, v3, v2, v1, v0),
                 _join8(y7, y6, y5, y4, y3, y2, y1, y0))
@@ -863,12 +885,13 @@ def _seq_bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
+    route = tl.program_id(2) if PAR_ROUTES else -1  # as in the forward; sums over routes go through atomics
     n = tl.arange(0, NP) * one  # `one` hides the stride from the compiler: n stays in registers
     t = tl.arange(0, 8)
     nd_mask = (n < N)[:, None] & dmask[None, :]
@@ -895,8 +918,13 @@ def _seq_bwd_kernel(
         bc_off = b * sB_b + kb * sB_k + grp * sB_g
         b_row = B_ptr + bc_off
         c_row = C_ptr + bc_off
-        db_row = dB_ptr + bc_off
-        dc_row = dC_ptr + bc_off
+        if PARTIAL_BC:  # rows of this tile alone: (B, K, tiles, n_sub * 8, NP), summed over tiles by the host
+            part_off = ((b * K + k) * tl.num_programs(0) + pid_d) * n_sub * 8 * NP
+            db_row = dB_ptr + part_off
+            dc_row = dC_ptr + part_off
+        else:
+            db_row = dB_ptr + bc_off
+            dc_row = dC_ptr + bc_off
         order_row = order_ptr + b * sord_b + k * sord_k
         dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
         ck_row = ck_ptr + ((b * K + k) * n_sub * NP + en) * D_PAD + ed  # channels padded to whole tiles
@@ -909,7 +937,9 @@ def _seq_bwd_kernel(
             h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
         else:
             h = tl.zeros([NP, BLOCK_D], tl.float32)
-        for jj in range(n_sub):
+        live = (route == k) if PAR_ROUTES else (pid_d >= 0)
+        n_blocks = tl.where(live, n_sub, 0)
+        for jj in range(n_blocks):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
                 jn = _next_block(j, n_sub, REVS[k]) * 8
@@ -937,7 +967,7 @@ def _seq_bwd_kernel(
         dA = tl.zeros([NP, BLOCK_D], tl.float32)
         dD_acc = tl.zeros([BLOCK_D], tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], tl.float32)
-        for jj in range(n_sub):
+        for jj in range(n_blocks):
             j = jj if REVS[k] else (n_sub - 1 - jj)
             if PREFETCH:  # the blocks are walked against the route's direction
                 jn = _next_block(j, n_sub, not REVS[k]) * 8
@@ -969,7 +999,7 @@ def _seq_bwd_kernel(
                 dy = do
             ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W, order_row,
                                           b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k],
-                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z)
+                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
             if HAS_D:
                 du += Dk[:, None] * dy
                 dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
@@ -984,24 +1014,25 @@ def _seq_bwd_kernel(
             if U_ROUTES:
                 tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m2)
             else:
-                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K)
+                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K, PAR_ROUTES)
             if DL_ROUTES:
                 tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
             else:
-                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K)
+                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K, PAR_ROUTES)
             if HAS_Z:
                 if HAS_D:
                     y += Dk[:, None] * u
                 dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
                 _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, b * sdz_b + d[:, None] * sdz_d + pos[None, :] * sdz_l, m2,
-                           k, K)
-        tl.atomic_add(dA_ptr + ((k if A_ROUTES else 0) * Dm + ed) * N + en, _flat(dA), mask=e_mask, sem="relaxed")
+                           k, K, PAR_ROUTES)
+        tl.atomic_add(dA_ptr + ((k if A_ROUTES else 0) * Dm + ed) * N + en, _flat(dA), mask=e_mask & live,
+                      sem="relaxed")
         if HAS_INIT:
-            tl.store(dinit_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(ga), mask=e_mask)
+            tl.store(dinit_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(ga), mask=e_mask & live)
         if HAS_D:
-            tl.atomic_add(dD_ptr + kx * Dm + d, dD_acc, mask=dmask, sem="relaxed")
+            tl.atomic_add(dD_ptr + kx * Dm + d, dD_acc, mask=dmask & live, sem="relaxed")
         if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + kx * Dm + d, dbias_acc, mask=dmask, sem="relaxed")
+            tl.atomic_add(dbias_ptr + kx * Dm + d, dbias_acc, mask=dmask & live, sem="relaxed")
         tl.debug_barrier()  # the next route rereads the workspaces
 
 
@@ -1259,6 +1290,15 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
 # Sequential kernels: channels per program (one warp) and N split over lanes in the backward (fewer registers).
 SEQ_FWD_LANES = 32
 SEQ_BWD_LANES = 16
+SEQ_ONE_STATE_LANES = 32
+# backward with up to this many states: each channel tile stores its dB, dC rows and the host sums them (no atomics
+# per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note)
+SEQ_PARTIAL_BC_MAX_NP = 1
+# One route per program (the route sums through fp32 atomics, finished by the host) when a call has fewer programs
+# than this (4 per scheduler of an H100) and routes at least this long. VMamba-T s1 channels-last (768 programs of
+# 4 x 3136 steps): fwd 3.90 -> 2.61 ms, bwd 10.9 -> 9.1 ms; DPMamba intra (544, L = 250) loses: 417 -> 507 µs fwd.
+SEQ_PAR_ROUTES_BELOW = 2112
+SEQ_PAR_ROUTES_MIN_L = 1024
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 SEQ_BWD_MAXNREG = None
@@ -1283,7 +1323,7 @@ def _seq_lanes(N: int, u: Tensor, which: str) -> int:
     two (16 lanes, fewer registers) or, when that gives too few programs to hide latency (DPMamba's intra-chunk
     shape at B = 34), over four. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
     if N == 1 or which == "fwd":
-        return 32 if N == 1 else SEQ_FWD_LANES
+        return SEQ_ONE_STATE_LANES if N == 1 else SEQ_FWD_LANES
     batch, _, Dm, _ = u.shape
     if batch * _cdiv(Dm, SEQ_BWD_LANES) < SEQ_FEW_PROGRAMS:
         return min(SEQ_BWD_LANES, 8)
@@ -1344,13 +1384,17 @@ class _SeqCall:
         self.order = order
         d_per_group = self.Dm // self.G
         self.sizes = (self.L, self.H, self.W, self.Dm, self.N, self.n_sub, d_per_group, 1)
+        # few programs (a partial wave, each walking K routes one after the other): one route per program instead
+        n_tiles = _cdiv(self.Dm, lanes)
+        self.par_routes = (self.K > 1 and self.batch * n_tiles < SEQ_PAR_ROUTES_BELOW
+                           and self.L >= SEQ_PAR_ROUTES_MIN_L)
         self.flags = dict(
             K=self.K, KINDS=kinds, REVS=revs, U_ROUTES=self.Ku > 1, DL_ROUTES=delta.shape[1] > 1,
             A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, MERGE=self.merge, SAME_GROUP=d_per_group % lanes == 0,
-            BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED,
+            BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED, PAR_ROUTES=self.par_routes,
         )
-        self.grid = (_cdiv(self.Dm, lanes), self.batch)
+        self.grid = (n_tiles, self.batch, self.K if self.par_routes else 1)
 
     def strides(self, u, delta, A, z) -> tuple:
         zs = (z.stride(0), z.stride(1), z.stride(2)) if z is not None else (0, 0, 0)
@@ -1368,7 +1412,8 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
                              channels_last)
-    ws = (_natural(batch, None, Dm, L, torch.float32, device, channels_last)[1] if call.merge and K > 1 else None)
+    merged = call.merge and K > 1
+    ws = _workspace(batch, Dm, L, device, channels_last, zeroed=call.par_routes) if merged else None
     ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
     last = _new((batch, K, Dm, N), torch.float32, device) if return_last_state else None
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
@@ -1379,6 +1424,9 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
         RET_STATES=return_states, **call.flags, num_warps=1, **_maxnreg(SEQ_FWD_MAXNREG),
     )
+    if call.par_routes and merged:  # the kernels left the route sum in the workspace: mean, gate, cast
+        y = ws[:, 0] / K if call.merge == 2 else ws[:, 0]
+        out_view[:, 0].copy_(y * F.silu(z.float()) if z is not None else y)
     return out, last, states
 
 
@@ -1394,11 +1442,15 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dz = _like(z) if z is not None else None
     Kx = K if call.x_routes else 1
     # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
-    dB, dC, dA, dD, dbias = _zeroed_views(device, call.B.shape, call.C.shape, (A.shape[0], Dm, N),
-                                          (Kx, Dm) if D is not None else None,
-                                          (Kx, Dm) if delta_bias is not None else None)
+    partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
+    dA, dD, dbias = _zeroed_views(device, (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
+                                  (Kx, Dm) if delta_bias is not None else None)
+    if partial:  # every tile stores its own dB, dC rows (no atomics); summed over a group's tiles below
+        dB, dC = (_new((batch, K, call.grid[0], call.n_sub * 8, call.NP), torch.float32, device) for _ in range(2))
+    else:
+        dB, dC = _zeroed_views(device, call.B.shape, call.C.shape)
     dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
-    wsu, wsdl, wsz = (_natural(batch, None, Dm, L, torch.float32, device, channels_last)[1] if K > 1 and shared
+    wsu, wsdl, wsz = (_workspace(batch, Dm, L, device, channels_last, zeroed=call.par_routes) if K > 1 and shared
                       else None for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
     ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None),
                       (0, 0, 0))
@@ -1412,8 +1464,15 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, num_warps=1, **_maxnreg(SEQ_BWD_MAXNREG),
+        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, num_warps=1,
+        **_maxnreg(SEQ_BWD_MAXNREG),
     )
+    if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
+        for ws, grad in ((wsu, du), (wsdl, ddelta), (wsz, None if dz is None else dz.unsqueeze(1))):
+            if ws is not None:
+                grad.copy_(ws)
+    if partial:  # (B, K, tiles, Lp, NP) -> (B, K, G, Lp, NP): sum the tiles of each group
+        dB, dC = (g[:, :, :, :L].unflatten(2, (call.G, -1)).sum(3) for g in (dB, dC))
 
     def unstage(g: Tensor, k_input: int) -> Tensor:  # (B, K, G, Lp, NP) -> (B, Kb, G, N, L)
         return _fold_routes(g[..., :L, :N].transpose(-1, -2), k_input)
@@ -1424,9 +1483,10 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
             dD, dz, dbias, dinit]
 
 
-def _workspace(call: _Call, device, channels_last: bool) -> Tensor:
+def _workspace(batch: int, Dm: int, L: int, device, channels_last: bool, zeroed: bool = False) -> Tensor:
     """An fp32 natural-layout (B, D, L) workspace, as its canonical (B, 1, D, L) view."""
-    return _natural(call.batch, None, call.Dm, call.L, torch.float32, device, channels_last)[1]
+    view = _natural(batch, None, Dm, L, torch.float32, device, channels_last)[1]
+    return view.zero_() if zeroed else view
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
@@ -1453,7 +1513,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     device = u.device
     out, out_view = _natural(call.batch, call.K if call.merge == 0 else None, call.Dm, call.L,
                              out_dtype or torch.float32, device, channels_last)
-    ws = _workspace(call, device, channels_last) if call.merge and call.K > 1 else None
+    ws = _workspace(call.batch, call.Dm, call.L, device, channels_last) if call.merge and call.K > 1 else None
     save_chunks = call.n_tiles > 1 or return_last_state
     chunk = call.chunk_buffer(initial_state, device) if save_chunks or initial_state is not None else None
     states = _new((call.batch, call.K, call.Dm, call.L, call.N), torch.float32, device) if return_states else None
@@ -1496,7 +1556,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
     dz = _like(z) if z is not None else None
     dB, dC, dA, dD, dbias = _accumulators(call, A, D, delta_bias, device)
     # inputs shared by the routes: their gradients are summed over routes in fp32 workspaces
-    wsu, wsdl, wsz = (_workspace(call, device, channels_last) if K > 1 and shared else None
+    wsu, wsdl, wsz = (_workspace(call.batch, call.Dm, call.L, device, channels_last) if K > 1 and shared else None
                       for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
     ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0))
     strides, order_strides = call.input_strides(u, delta, A, z)
