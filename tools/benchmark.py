@@ -181,7 +181,8 @@ def mamba_cuda_module():
         import selective_scan_cuda  # mamba_ssm's compiled extension
     except ImportError as err:
         return None, f"mamba_ssm selective_scan_cuda: not importable here ({err}); not timed"
-    return selective_scan_cuda, "mamba_ssm selective_scan_cuda: timed (one call per route, gathers and merge in PyTorch)"
+    return selective_scan_cuda, ("mamba_ssm selective_scan_cuda: timed (one call per route, gathers and merge in "
+                                 "PyTorch)")
 
 
 def time_mamba_cuda(module, kw: dict) -> dict[str, float]:
