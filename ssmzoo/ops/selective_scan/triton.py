@@ -661,7 +661,8 @@ def _seq_fwd_kernel(
     en = _state_of(e // BLOCK_D, NP, BLOCK_D)
     ed = pid_d * BLOCK_D + e % BLOCK_D
     e_mask = (en < N) & (ed < Dm)
-    lane_line = (tl.arange(0, BLOCK_D) % ((8 * NP + 31) // 32)) * 32  # a block's staged B rows, one line per lane
+    # prefetch: lane i asks for step i % 8 of the next block (its channel's u, delta, ...; that step's B, C row)
+    lane_step = tl.arange(0, BLOCK_D) % 8
     for k in tl.static_range(K):
         u_row0 = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + tl.minimum(d, Dm - 1) * su_d
         dl_row0 = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + tl.minimum(d, Dm - 1) * sdl_d
@@ -689,11 +690,11 @@ def _seq_fwd_kernel(
         for jj in range(tl.where(live, n_sub, 0)):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
-                jn = _next_block(j, n_sub, REVS[k]) * 8
-                _prefetch(u_row0 + jn * su_l, True)
-                _prefetch(dl_row0 + jn * sdl_l, True)
-                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
-                _prefetch(c_row + jn * NP + lane_line, SAME_GROUP)
+                pn = _pos_of(_next_block(j, n_sub, REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                _prefetch(u_row0 + pn * su_l, True)
+                _prefetch(dl_row0 + pn * sdl_l, True)
+                _prefetch(b_row + pn * NP, SAME_GROUP)
+                _prefetch(c_row + pn * NP, SAME_GROUP)
             s = j * 8 + t
             tmask = s < L
             pos = _positions(s, L, H, W, order_row, KINDS[k])
@@ -905,7 +906,8 @@ def _seq_bwd_kernel(
     en = _state_of(e // BLOCK_D, NP, BLOCK_D)
     ed = pid_d * BLOCK_D + e % BLOCK_D
     e_mask = (en < N) & (ed < Dm)
-    lane_line = (tl.arange(0, BLOCK_D) % ((8 * NP + 31) // 32)) * 32  # a block's staged B rows, one line per lane
+    # prefetch: lane i asks for step i % 8 of the next block (its channel's u, delta, ...; that step's B, C row)
+    lane_step = tl.arange(0, BLOCK_D) % 8
     for k in tl.static_range(K):
         kb = k if BC_ROUTES else 0
         kx = k if X_ROUTES else 0
@@ -946,10 +948,10 @@ def _seq_bwd_kernel(
         for jj in range(n_blocks):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
-                jn = _next_block(j, n_sub, REVS[k]) * 8
-                _prefetch(u_row0 + jn * su_l, True)
-                _prefetch(dl_row0 + jn * sdl_l, True)
-                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
+                pn = _pos_of(_next_block(j, n_sub, REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                _prefetch(u_row0 + pn * su_l, True)
+                _prefetch(dl_row0 + pn * sdl_l, True)
+                _prefetch(b_row + pn * NP, SAME_GROUP)
             s = j * 8 + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
@@ -974,13 +976,14 @@ def _seq_bwd_kernel(
         for jj in range(n_blocks):
             j = jj if REVS[k] else (n_sub - 1 - jj)
             if PREFETCH:  # the blocks are walked against the route's direction
-                jn = _next_block(j, n_sub, not REVS[k]) * 8
-                _prefetch(u_row0 + jn * su_l, True)
-                _prefetch(dl_row0 + jn * sdl_l, True)
+                pn = _pos_of(_next_block(j, n_sub, not REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                _prefetch(u_row0 + pn * su_l, True)
+                _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + tl.minimum(d, Dm - 1) * sdo_d
-                          + jn * sdo_l, True)
-                _prefetch(b_row + jn * NP + lane_line, SAME_GROUP)
-                _prefetch(c_row + jn * NP + lane_line, SAME_GROUP)
+                          + pn * sdo_l, True)
+                _prefetch(z_ptr + b * sz_b + tl.minimum(d, Dm - 1) * sz_d + pn * sz_l, HAS_Z)
+                _prefetch(b_row + pn * NP, SAME_GROUP)
+                _prefetch(c_row + pn * NP, SAME_GROUP)
             s = j * 8 + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
@@ -1306,6 +1309,10 @@ SEQ_PAR_ROUTES_MIN_L = 1024
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 SEQ_BWD_MAXNREG = None
+# With one state the caps pay: 80 registers let the forward's 3072 one-route programs (VMamba-T s1) run in one wave
+# (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
+SEQ_ONE_STATE_FWD_MAXNREG = 80
+SEQ_ONE_STATE_BWD_MAXNREG = 168
 
 
 def _maxnreg(cap: int | None) -> dict:
@@ -1316,6 +1323,7 @@ def _maxnreg(cap: int | None) -> dict:
 # channels whatever the route; measured faster than the tile kernels there (fwd 3.9 vs 5.0 ms, bwd 11.7 vs 12.7 ms,
 # VMamba-T s1 bf16, H100). Channels-first grid routes keep the tile kernels (coalesced along time).
 SEQ_GRID_CHANNELS_LAST = True
+SEQ_GRID_CHANNELS_FIRST = False
 
 
 SEQ_FEW_PROGRAMS = 2112  # 4 warps per scheduler of an H100 (132 SMs x 4 x 4): below, the backward uses 8 lanes
@@ -1349,7 +1357,8 @@ def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
     """Whether a call runs the sequential kernels: every route is 1-D storage order or its reverse (Vim, Mamba,
     dual-path), or channels-last grid routes (VMamba's model path). Channels-first grid routes keep the tile
     kernels, faster there (issue #4 notes)."""
-    if channels_last and SEQ_GRID_CHANNELS_LAST and all(kind in (FLAT, COL) for kind in kinds):
+    grid_sequential = SEQ_GRID_CHANNELS_LAST if channels_last else SEQ_GRID_CHANNELS_FIRST
+    if grid_sequential and all(kind in (FLAT, COL) for kind in kinds):
         return True
     return all(kind == FLAT for kind in kinds)
 
@@ -1426,7 +1435,8 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states),
         *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
-        RET_STATES=return_states, **call.flags, num_warps=1, **_maxnreg(SEQ_FWD_MAXNREG),
+        RET_STATES=return_states, **call.flags, num_warps=1,
+        **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
     if call.par_routes and merged:  # the kernels left the route sum in the workspace: mean, gate, cast
         y = ws[:, 0] / K if call.merge == 2 else ws[:, 0]
@@ -1469,7 +1479,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
         HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, num_warps=1,
-        **_maxnreg(SEQ_BWD_MAXNREG),
+        **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
     if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
         for ws, grad in ((wsu, du), (wsdl, ddelta), (wsz, None if dz is None else dz.unsqueeze(1))):
