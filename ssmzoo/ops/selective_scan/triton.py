@@ -49,12 +49,12 @@ All arithmetic is fp32 (exp and log via exp2/log2); inputs may be fp32, fp16 or 
 requested dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-23): VMamba-T s1 17.3x the floor
-channels-first (tile kernels), 17.8x channels-last (sequential kernels); Vim-S 11.1x, DPMamba-M intra 18.8x, inter
-15.6x (sequential kernels). ncu on Vim-S: both sequential kernels use 255 registers (12.5 % occupancy, 2 warps per
-scheduler) and wait on L1TEX loads (about half of their 5.4 / 6.7 cycles per issued instruction); the backward also
-spills (55 M local-memory requests) and issues 27.6 % of cycles. The tile kernels on VMamba-T s1: the forward moves
-~10 GB at 1.87 TB/s (route-sum workspace round trips and column walks over channels-first rows), the backward is
-latency-bound at 190 registers (2 warps per scheduler).
+channels-first (tile kernels), 8.8x channels-last (sequential kernels, one route per program); Vim-S 11.2x, DPMamba-M
+intra 15.9x, inter 17.4x (sequential kernels). ncu on Vim-S: both sequential kernels use 255 registers (12.5 %
+occupancy, 2 warps per scheduler) and wait on L1TEX loads (about half of their 5.4 / 6.7 cycles per issued
+instruction); the backward also spills and issues in 28 % of cycles. The tile kernels on VMamba-T s1: the forward
+moves ~10 GB at 1.87 TB/s (route-sum workspace round trips and column walks over channels-first rows), the backward
+is latency-bound at 190 registers (2 warps per scheduler). The knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
@@ -1321,7 +1321,8 @@ def _maxnreg(cap: int | None) -> dict:
 
 # Channels-last grid routes (VMamba's model path) run the sequential kernels: a warp's loads are coalesced along
 # channels whatever the route; measured faster than the tile kernels there (fwd 3.9 vs 5.0 ms, bwd 11.7 vs 12.7 ms,
-# VMamba-T s1 bf16, H100). Channels-first grid routes keep the tile kernels (coalesced along time).
+# VMamba-T s1 bf16, H100, before the one-route programs). Channels-first grid routes keep the tile kernels: the
+# sequential ones took 25.6 / 51.8 ms there (a column walk reads one element per channel row).
 SEQ_GRID_CHANNELS_LAST = True
 SEQ_GRID_CHANNELS_FIRST = False
 
