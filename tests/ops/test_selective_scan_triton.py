@@ -266,6 +266,17 @@ def test_kernel_family_and_lanes_choice():
     assert lanes(16, u(128, 768), "bwd") == 16  # Vim-S
     assert lanes(16, u(250, 512), "bwd") == 16  # DPMamba inter-chunk
     assert lanes(16, u(34, 512), "bwd") == 8  # DPMamba intra-chunk: few programs, more of them
+    # one route per program: VMamba-T stage 1 (128 images x 6 tiles of 32 channels, 4 routes of 3136 steps) only
+    assert kernels.parallel_routes(4, 128 * 6, 3136)
+    assert not kernels.parallel_routes(2, 34 * 16, 250)  # DPMamba intra: short routes (the host-side merge loses)
+    assert not kernels.parallel_routes(2, 128 * 24, 197)  # Vim-S: enough programs
+    assert not kernels.parallel_routes(1, 1, 4096)  # one route
+    saved = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not kernels.parallel_routes(4, 128 * 6, 3136)  # atomics: their order varies
+    finally:
+        torch.use_deterministic_algorithms(saved)
 
 
 def test_routes_first_used_under_inference_mode_then_with_autograd():

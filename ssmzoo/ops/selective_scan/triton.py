@@ -1364,6 +1364,14 @@ def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
     return all(kind == FLAT for kind in kinds)
 
 
+def parallel_routes(K: int, programs: int, L: int) -> bool:
+    """Whether the sequential kernels give each route its own program: when a call has too few programs for the GPU
+    (each walking its K long routes one after the other). The route sums then go through fp32 atomics, whose order
+    varies from run to run, so not under ``torch.use_deterministic_algorithms(True)``."""
+    return (K > 1 and programs < SEQ_PAR_ROUTES_BELOW and L >= SEQ_PAR_ROUTES_MIN_L
+            and not torch.are_deterministic_algorithms_enabled())
+
+
 def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
     """B or C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP): a step's N values are one contiguous row
     that every thread of a program reads (16-byte loads). States N..NP-1 are zeros (they must add nothing); rows
@@ -1398,10 +1406,8 @@ class _SeqCall:
         self.order = order
         d_per_group = self.Dm // self.G
         self.sizes = (self.L, self.H, self.W, self.Dm, self.N, self.n_sub, d_per_group, 1)
-        # few programs (a partial wave, each walking K routes one after the other): one route per program instead
         n_tiles = _cdiv(self.Dm, lanes)
-        self.par_routes = (self.K > 1 and self.batch * n_tiles < SEQ_PAR_ROUTES_BELOW
-                           and self.L >= SEQ_PAR_ROUTES_MIN_L)
+        self.par_routes = parallel_routes(self.K, self.batch * n_tiles, self.L)
         self.flags = dict(
             K=self.K, KINDS=kinds, REVS=revs, U_ROUTES=self.Ku > 1, DL_ROUTES=delta.shape[1] > 1,
             A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
