@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Compile the selective-scan Triton kernels for a GPU architecture on any machine (no GPU needed) and print what
-the compiler made of them: registers, spill stack, shared memory and the SASS instruction mix.
+the compiler made of them: registers, spill stack, shared memory, the warps an H100 SM holds and how many waves the
+real shape's programs take (sequential kernels), and the SASS instruction mix.
 
     python tools/kernel_stats.py [--shapes vim-s dpmamba-m-intra ...] [--layout channels_last] [--arch 90]
 
@@ -117,20 +118,37 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, None, c.order, c.inverse, True, small.merge,
             c.channels_last)
 
-    # lanes depend on the number of programs (``_seq_lanes``): take the real shape's choice
+    # lanes and one route per program depend on the number of programs: take the real shape's choices
     real_u = SimpleNamespace(shape=(ref.batch, 1, ref.channels, ref.L))
+    K = kw["routes"].K
     lanes = {which: kernels._seq_lanes(ref.states, real_u, which) for which in ("fwd", "bwd")}
-    choose = kernels._seq_lanes
+    tiles = {which: ref.batch * kernels._cdiv(ref.channels, lanes[which]) for which in lanes}
+    par = {which: kernels.parallel_routes(K, tiles[which], ref.L) for which in lanes}
+    programs = {f"_seq_{which}_kernel": tiles[which] * (K if par[which] else 1) for which in lanes}
+    choose, parallel = kernels._seq_lanes, kernels.parallel_routes
 
     def call():
         kernels._seq_lanes = lambda N, u, which: lanes[which]
         try:
+            kernels.parallel_routes = lambda *_: par["fwd"]
             y, _, _ = kernels.selective_scan(*args, False, False, dtype)
+            kernels.parallel_routes = lambda *_: par["bwd"]
             kernels.selective_scan_backward(torch.zeros_like(y), None, None, *args, dtype)
         finally:
-            kernels._seq_lanes = choose
+            kernels._seq_lanes, kernels.parallel_routes = choose, parallel
 
-    return call
+    return call, programs
+
+
+H100_SMS = 132
+
+
+def waves(programs: int | None, regs: int, num_warps: int, shared: int) -> tuple[int, str]:
+    """Warps resident per SM of an H100 (64 at most; registers in 256-register warp units, 228 KB of shared memory,
+    32 programs) and how many waves of them the real shape's programs take ('-' when not known)."""
+    warp_regs = -(-max(regs, 1) * 32 // 256) * 256
+    per_sm = min(32, 64 // num_warps, 65536 // (warp_regs * num_warps), 233472 // max(shared, 1))
+    return per_sm * num_warps, (f"{programs / (H100_SMS * per_sm):.2f}" if programs and per_sm else "-")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,15 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(benchmark.DTYPES), default="bf16")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     args = parser.parse_args(argv)
-    print(f"{'shape':16} {'kernel':16} {'warps':>5} {'regs':>4} {'stack':>5} {'shared':>6} {'instr':>6} "
-          f"{'MUFU':>5} {'FP32':>5} {'LD':>4} {'ST':>4} {'RED':>4} {'SHFL':>5} {'BAR':>4}")
+    print(f"{'shape':16} {'kernel':16} {'warps':>5} {'regs':>4} {'stack':>5} {'shared':>6} {'warps/SM':>8} "
+          f"{'waves':>5} {'instr':>6} {'MUFU':>5} {'FP32':>5} {'LD':>4} {'ST':>4} {'RED':>4} {'SHFL':>5} {'BAR':>4}")
     for name in args.shapes:
-        for r in compile_kernels(shape_calls(name, args.layout, benchmark.DTYPES[args.dtype]), args.arch):
+        call, programs = shape_calls(name, args.layout, benchmark.DTYPES[args.dtype])
+        for r in compile_kernels(call, args.arch):
             ops = r["ops"]
             fp32 = ops["FFMA"] + ops["FMUL"] + ops["FADD"]
             mem = [sum(v for k, v in ops.items() if k.startswith(p)) for p in ("LD", "ST")]
+            resident, n_waves = waves(programs.get(r["name"]), r["regs"], r["num_warps"], r["shared"])
             print(f"{name:16} {r['name']:16} {r['num_warps']:5} {r['regs']:4} {r['stack']:5} {r['shared']:6} "
-                  f"{sum(ops.values()):6} {ops['MUFU']:5} {fp32:5} {mem[0]:4} {mem[1]:4} "
+                  f"{resident:8} {n_waves:>5} {sum(ops.values()):6} {ops['MUFU']:5} {fp32:5} {mem[0]:4} {mem[1]:4} "
                   f"{ops['RED'] + ops['ATOM'] + ops['REDG'] + ops['ATOMG']:4} {ops['SHFL']:5} {ops['BAR']:4}")
     return 0
 

@@ -83,3 +83,17 @@ def test_kernel_stats_compiles_for_the_h100_without_a_gpu():
     rows = [line.split() for line in done.stdout.splitlines()[1:]]
     assert [r[1] for r in rows] == ["_seq_fwd_kernel", "_seq_bwd_kernel"]
     assert all(0 < int(r[3]) <= 255 for r in rows)  # registers per thread
+    assert all(0 < int(r[6]) <= 64 and float(r[7]) > 0 for r in rows)  # warps per SM, waves at the real shape
+
+
+def test_kernel_stats_occupancy_and_waves():
+    """Warps an H100 SM holds for a kernel's registers, and the waves of a grid (what decided today's knobs)."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import kernel_stats
+
+    assert kernel_stats.waves(3072, 80, 1, 1024) == (25, "0.93")  # VMamba-T s1 forward, one route per program
+    assert kernel_stats.waves(3072, 168, 1, 1024) == (12, "1.94")  # its backward
+    assert kernel_stats.waves(2176, 255, 1, 1024) == (8, "2.06")  # DPMamba intra backward: a third, nearly empty wave
+    assert kernel_stats.waves(None, 64, 4, 0) == (32, "-")  # tile kernels (grid not known here): 64 registers
+    assert kernel_stats.waves(None, 32, 4, 0) == (64, "-")  # at most 64 warps an SM
