@@ -151,6 +151,7 @@ KNOB_PREFIXES = {
     "bwd16": ("SEQ_FEW_PROGRAMS", 0),  # 16 lanes (2 threads per channel)
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route sums through atomics
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
+    "ck4": ("SEQ_BWD_CK_EVERY4", True),  # backward checkpoints every 4 steps
 }
 
 
@@ -217,7 +218,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
-                  "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles"])
+                  "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
+                  "ck4:bidi-mean-z-init-states", "ck4:parallel:sequential:cross2d-groups-shared-u"])
 
 
 @pytest.fixture(scope="module")

@@ -758,9 +758,10 @@ def _sidx(s0, r: tl.constexpr, REV: tl.constexpr):
 
 
 @triton.jit
-def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, REV: tl.constexpr,
-             NP: tl.constexpr):
-    """The state after a block of 8 steps (route order), from the state h before it."""
+def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, ck_half, KIND: tl.constexpr, REV: tl.constexpr,
+             NP: tl.constexpr, CK4: tl.constexpr):
+    """The state after a block of 8 steps (route order), from the state h before it. CK4: also store the state
+    after its first 4 steps at ``ck_half``."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
     e0, e1, e2, e3, e4, e5, e6, e7 = _split8(dt)
     if REV:
@@ -770,6 +771,8 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
     h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
+    if CK4:
+        tl.store(ck_half, _flat(h))
     h = _rstep(h, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -817,13 +820,14 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
 
 
 @triton.jit
-def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
-             N,
+def _bblock8(ga, dA, ck, ck_half, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
+             ndmask, N,
              KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr, CK4: tl.constexpr):
     """Backward through a block of 8 steps given the state entering it (at ``ck``) and the adjoint ga flowing back
     from after it. The states of the block are recomputed in two halves of 4 (register budget): the first half is
-    run once to reach the second, whose states are kept for its adjoint, then again for its own.
+    run once to reach the second, whose states are kept for its adjoint, then again for its own. CK4: the state
+    after the first half was saved too (at ``ck_half``): each half is recomputed once from its own checkpoint.
 
     Returns ga entering the block, dA, and [BD, 8] tiles (base order) of ddt (before softplus), du (scan part), y."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
@@ -833,11 +837,14 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
         q0, q1, q2, q3, q4, q5, q6, q7 = q7, q6, q5, q4, q3, q2, q1, q0
-    h_in = _tile(tl.load(ck), A2.shape[1])
-    h = _rstep(h_in, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
+    if CK4:
+        p4 = _tile(tl.load(ck_half), A2.shape[1])
+    else:
+        h = _tile(tl.load(ck), A2.shape[1])
+        h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
+        h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
+        h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
+        p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
     p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -890,7 +897,7 @@ def _seq_bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr,
+    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr, CK4: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -933,7 +940,9 @@ def _seq_bwd_kernel(
             dc_row = dC_ptr + bc_off
         order_row = order_ptr + b * sord_b + k * sord_k
         dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
-        ck_row = ck_ptr + ((b * K + k) * n_sub * NP + en) * D_PAD + ed  # channels padded to whole tiles
+        # block-entry states (CK4: also mid-block), channels padded to whole tiles
+        ck_row = ck_ptr + ((b * K + k) * n_sub * (2 if CK4 else 1) * NP + en) * D_PAD + ed
+        ck_step = (2 if CK4 else 1) * NP * D_PAD  # from one block's checkpoints to the next's
         if HAS_BIAS:
             bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
         if HAS_D:
@@ -962,8 +971,9 @@ def _seq_bwd_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             dt = tl.where(m2, dt, 0.0)
-            tl.store(ck_row + j * NP * D_PAD, _flat(h))
-            h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+            tl.store(ck_row + j * ck_step, _flat(h))
+            h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, ck_row + j * ck_step + NP * D_PAD, KINDS[k],
+                         REVS[k], NP, CK4)
         tl.debug_barrier()
         # pass 2: blocks in reverse route order
         if HAS_DLAST:
@@ -1004,9 +1014,10 @@ def _seq_bwd_kernel(
                 dy = do * zt * zsig
             else:
                 dy = do
-            ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W, order_row,
+            ck_j = ck_row + j * ck_step
+            ga, dA, ddt, du, y = _bblock8(ga, dA, ck_j, ck_j + NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W, order_row,
                                           b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k],
-                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
+                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC, CK4)
             if HAS_D:
                 du += Dk[:, None] * dy
                 dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
@@ -1315,6 +1326,9 @@ SEQ_BWD_MAXNREG = None
 # (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
 SEQ_ONE_STATE_FWD_MAXNREG = 80
 SEQ_ONE_STATE_BWD_MAXNREG = 168
+# Backward: also save the state after the first 4 steps of each block of 8 (twice the checkpoints, (B, K, L/4, N, D)
+# fp32), so that each half is recomputed once from its own checkpoint: 6 instead of 10 recomputed steps per block.
+SEQ_BWD_CK_EVERY4 = False
 
 
 def _maxnreg(cap: int | None) -> dict:
@@ -1459,7 +1473,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     d_pad = call.grid[0] * call.block_d
     # the state entering every block of 8 steps, written by the kernel's first pass and read by its second
-    ck = torch.empty((batch, K, call.n_sub, call.NP, d_pad), dtype=torch.float32, device=device)
+    ck4 = SEQ_BWD_CK_EVERY4
+    ck = torch.empty((batch, K, call.n_sub * (2 if ck4 else 1), call.NP, d_pad), dtype=torch.float32, device=device)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
@@ -1487,7 +1502,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, num_warps=1,
+        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, CK4=ck4, num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
     if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
