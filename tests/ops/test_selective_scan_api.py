@@ -92,6 +92,21 @@ def test_outputs_are_contiguous_in_their_layout(layout):
         assert last.shape == (2, 4, 4, 2) and states.shape == (2, 4, 4, 15, 2)
 
 
+def test_graph_only_when_a_gradient_can_flow():
+    """Calls that need no gradient (no_grad, or no input requiring one) record no graph and skip the autograd
+    wrapper; the outputs are the same, and a call that needs one still differentiates every input."""
+    kw = _vmamba_args()
+    plain = selective_scan(**kw)
+    leaves = {k: v.clone().requires_grad_() for k, v in kw.items() if isinstance(v, torch.Tensor)}
+    with torch.no_grad():
+        quiet = selective_scan(**{**kw, **leaves})
+    graph = selective_scan(**{**kw, **leaves})
+    assert plain.grad_fn is None and quiet.grad_fn is None and graph.grad_fn is not None
+    assert torch.equal(plain, quiet) and torch.equal(plain, graph.detach())
+    grads = torch.autograd.grad(graph.sum(), list(leaves.values()))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
 def test_triton_that_cannot_compile_falls_back_to_chunked_with_one_warning(monkeypatch):
     """A Triton backend whose kernels fail in the toolchain (ptxas, resources) hands the call, forward and backward,
     to chunked with one warning, and later calls go straight to chunked."""

@@ -1479,14 +1479,13 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
     Kx = K if call.x_routes else 1
-    # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
-    dA, dD, dbias = _zeroed_views(device, (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
-                                  (Kx, Dm) if delta_bias is not None else None)
+    # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
+    dB, dC, dA, dD, dbias = _zeroed_views(device, None if partial else call.B.shape, None if partial else call.C.shape,
+                                          (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
+                                          (Kx, Dm) if delta_bias is not None else None)
     if partial:  # every tile stores its own dB, dC rows (no atomics); summed over a group's tiles below
         dB, dC = (_new((batch, K, call.grid[0], call.n_sub * 8, call.NP), torch.float32, device) for _ in range(2))
-    else:
-        dB, dC = _zeroed_views(device, call.B.shape, call.C.shape)
     dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
     wsu, wsdl, wsz = (_workspace(batch, Dm, L, device, channels_last, zeroed=call.par_routes) if K > 1 and shared
                       else None for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
