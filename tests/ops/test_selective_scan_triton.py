@@ -356,6 +356,33 @@ def test_gpu_matches_chunked_float64(name, dtype):
                   case.get("layout", "channels_first"), merge, ret=name == "dpmamba-inter", tol=TOL[dtype])
 
 
+# The dispatch alternatives the knobs at the top of triton.py select (kept correct for the A/B runs that decide
+# them): (knob, value, GPU case).
+GPU_KNOB_CASES = {
+    "checkpoints-every-4-steps": ("SEQ_BWD_CK_EVERY4", True, "vim-s"),
+    "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
+    "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
+}
+
+
+@gpu
+@pytest.mark.parametrize("name", list(GPU_KNOB_CASES))
+def test_gpu_dispatch_alternatives_match_chunked_float64(name, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    knob, value, case_name = GPU_KNOB_CASES[name]
+    monkeypatch.setattr(kernels, knob, value)
+    case, merge = GPU_CASES[case_name]
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    tensors = make_case(**case, dtype=torch.bfloat16, device="cuda", seed=seed)
+    chunked = _chunked()
+    check_against(kernels, chunked.selective_scan, chunked.selective_scan_backward, tensors, case["routes"],
+                  case.get("layout", "channels_first"), merge, ret=case_name == "dpmamba-inter",
+                  tol=TOL[torch.bfloat16])
+
+
 @gpu
 def test_gpu_public_op_dispatches_to_triton_with_autograd(monkeypatch):
     """selective_scan on CUDA tensors runs the Triton kernels (no fallback warning) and backpropagates."""
