@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -193,13 +194,21 @@ def time_mamba_cuda(module, kw: dict) -> dict[str, float]:
     return _fwd_bwd_us(lambda: mamba_cuda_scan(module, **kw), leaves)
 
 
+def use_cold_cache() -> str:
+    """Point Triton at a new, empty kernel cache (before anything compiles), so that the '1st call s' column is the
+    compile time; Triton's own cache is warm after any earlier run. Returns the directory."""
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssmzoo-triton-cache-")
+    return os.environ["TRITON_CACHE_DIR"]
+
+
 def bench_ops(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("ops: needs a CUDA device", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
+    cache = f"cold Triton cache {use_cold_cache()}" if args.cold_cache else "Triton's cache as found"
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, layout {args.layout}, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"{time.strftime('%Y-%m-%d')}; 1st call with {cache}")
     mamba, note = mamba_cuda_module()
     if mamba is not None and args.layout != "channels_first":
         mamba, note = None, "mamba_ssm selective_scan_cuda: channels-first only; not timed"
@@ -241,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ops.add_argument("--layout", choices=("channels_first", "channels_last"), default="channels_first")
     ops.add_argument("--no-chunked", dest="chunked", action="store_false", help="skip the chunked PyTorch path")
     ops.add_argument("--seed", type=int, default=0)
+    ops.add_argument("--cold-cache", action="store_true",
+                     help="compile into an empty Triton cache, so that '1st call s' is the compile time")
     ops.set_defaults(func=bench_ops)
     return parser.parse_args(argv)
 

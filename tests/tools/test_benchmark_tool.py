@@ -5,6 +5,7 @@ forward route, computed by ssmzoo's reference) checks that ``mamba_cuda_scan`` g
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,3 +98,13 @@ def test_kernel_stats_occupancy_and_waves():
     assert kernel_stats.waves(2176, 255, 1, 1024) == (8, "2.06")  # DPMamba intra backward: a third, nearly empty wave
     assert kernel_stats.waves(None, 64, 4, 0) == (32, "-")  # tile kernels (grid not known here): 64 registers
     assert kernel_stats.waves(None, 32, 4, 0) == (64, "-")  # at most 64 warps an SM
+
+
+def test_cold_cache_option_points_triton_at_an_empty_directory(monkeypatch):
+    """--cold-cache: the '1st call s' column then measures compiling (Triton's cache is warm after any run)."""
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert benchmark.parse_args(["ops", "--cold-cache"]).cold_cache
+    assert not benchmark.parse_args(["ops"]).cold_cache
+    first, second = benchmark.use_cold_cache(), benchmark.use_cold_cache()
+    assert first != second and os.environ["TRITON_CACHE_DIR"] == second
+    assert os.path.isdir(second) and not os.listdir(second)
