@@ -151,7 +151,7 @@ KNOB_PREFIXES = {
     "bwd16": ("SEQ_FEW_PROGRAMS", 0),  # 16 lanes (2 threads per channel)
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route sums through atomics
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
-    "ck4": ("SEQ_BWD_CK_EVERY4", True),  # backward checkpoints every 4 steps
+    "block4": ("SEQ_BWD_BLOCK", 4),  # backward blocks of 4 steps
 }
 
 
@@ -219,7 +219,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
-                  "ck4:bidi-mean-z-init-states", "ck4:parallel:sequential:cross2d-groups-shared-u"])
+                  "block4:bidi-mean-z-init-states", "block4:parallel:sequential:cross2d-groups-shared-u",
+                  "block4:bwd16:bidi-whole-channel-tiles"])
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +360,7 @@ def test_gpu_matches_chunked_float64(name, dtype):
 # The dispatch alternatives the knobs at the top of triton.py select (kept correct for the A/B runs that decide
 # them): (knob, value, GPU case).
 GPU_KNOB_CASES = {
-    "checkpoints-every-4-steps": ("SEQ_BWD_CK_EVERY4", True, "vim-s"),
+    "backward-blocks-of-4-steps": ("SEQ_BWD_BLOCK", 4, "vim-s"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
 }

@@ -749,19 +749,18 @@ def _rstep(h, A2, u_i, dt_i, s, L, H, W, order_row, b_row, KIND: tl.constexpr, N
 
 
 @triton.jit
-def _sidx(s0, r: tl.constexpr, REV: tl.constexpr):
-    """Base-order step of the r-th route-order step of a block of 8 starting at base step s0."""
+def _sidx(s0, r: tl.constexpr, REV: tl.constexpr, BS: tl.constexpr = 8):
+    """Base-order step of the r-th route-order step of a block of BS steps starting at base step s0."""
     if REV:
-        return s0 + (7 - r)
+        return s0 + (BS - 1 - r)
     else:
         return s0 + r
 
 
 @triton.jit
-def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, ck_half, KIND: tl.constexpr, REV: tl.constexpr,
-             NP: tl.constexpr, CK4: tl.constexpr):
-    """The state after a block of 8 steps (route order), from the state h before it. CK4: also store the state
-    after its first 4 steps at ``ck_half``."""
+def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, REV: tl.constexpr,
+             NP: tl.constexpr):
+    """The state after a block of 8 steps (route order), from the state h before it."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
     e0, e1, e2, e3, e4, e5, e6, e7 = _split8(dt)
     if REV:
@@ -771,8 +770,6 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, ck_half, KIND: tl.cons
     h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
-    if CK4:
-        tl.store(ck_half, _flat(h))
     h = _rstep(h, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -820,14 +817,13 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
 
 
 @triton.jit
-def _bblock8(ga, dA, ck, ck_half, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
-             ndmask, N,
+def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
+             N,
              KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr, CK4: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
     """Backward through a block of 8 steps given the state entering it (at ``ck``) and the adjoint ga flowing back
     from after it. The states of the block are recomputed in two halves of 4 (register budget): the first half is
-    run once to reach the second, whose states are kept for its adjoint, then again for its own. CK4: the state
-    after the first half was saved too (at ``ck_half``): each half is recomputed once from its own checkpoint.
+    run once to reach the second, whose states are kept for its adjoint, then again for its own.
 
     Returns ga entering the block, dA, and [BD, 8] tiles (base order) of ddt (before softplus), du (scan part), y."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(u)
@@ -837,14 +833,11 @@ def _bblock8(ga, dA, ck, ck_half, A2, u, dt, dy, s0, L, H, W, order_row, b_row, 
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
         q0, q1, q2, q3, q4, q5, q6, q7 = q7, q6, q5, q4, q3, q2, q1, q0
-    if CK4:
-        p4 = _tile(tl.load(ck_half), A2.shape[1])
-    else:
-        h = _tile(tl.load(ck), A2.shape[1])
-        h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
-        h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
-        h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-        p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _tile(tl.load(ck), A2.shape[1])
+    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
+    p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
     p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -884,6 +877,70 @@ def _bblock8(ga, dA, ck, ck_half, A2, u, dt, dy, s0, L, H, W, order_row, b_row, 
                 _join8(y0, y1, y2, y3, y4, y5, y6, y7))
 
 
+@triton.jit
+def _split4(x):
+    """The 4 steps of a [BD, 4] tile, as [BD] vectors in step order."""
+    e, o = _split2(x)  # steps 0 2 / 1 3
+    x0, x2 = tl.split(e)
+    x1, x3 = tl.split(o)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _join4(x0, x1, x2, x3):
+    """Inverse of _split4: [BD, 4] from the 4 steps."""
+    return _join2(tl.join(x0, x2), tl.join(x1, x3))
+
+
+@triton.jit
+def _hblock4(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr):
+    """The state after a block of 4 steps (route order), from the state h before it."""
+    x0, x1, x2, x3 = _split4(u)
+    e0, e1, e2, e3 = _split4(dt)
+    if REV:
+        x0, x1, x2, x3 = x3, x2, x1, x0
+        e0, e1, e2, e3 = e3, e2, e1, e0
+    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    return _rstep(h, A2, x3, e3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+
+
+@triton.jit
+def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
+             N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
+    """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
+    (fewer live values than a block of 8, twice the checkpoints)."""
+    x0, x1, x2, x3 = _split4(u)
+    e0, e1, e2, e3 = _split4(dt)
+    q0, q1, q2, q3 = _split4(dy)
+    if REV:  # route order within the block
+        x0, x1, x2, x3 = x3, x2, x1, x0
+        e0, e1, e2, e3 = e3, e2, e1, e0
+        q0, q1, q2, q3 = q3, q2, q1, q0
+    p0 = _tile(tl.load(ck), A2.shape[1])
+    p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    ga, dA, t3, v3, y3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
+    ga, dA, t2, v2, y2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
+    ga, dA, t1, v1, y1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
+    ga, dA, t0, v0, y0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, c_row,
+                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
+                                PARTIAL_BC)
+    if REV:
+        return ga, dA, _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
+    else:
+        return ga, dA, _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
+
+
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
 def _seq_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr, dout_ptr, dlast_ptr, dst_ptr,
@@ -897,7 +954,7 @@ def _seq_bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr, CK4: tl.constexpr,
+    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -905,7 +962,8 @@ def _seq_bwd_kernel(
     dmask = d < Dm
     route = tl.program_id(2) if PAR_ROUTES else -1  # as in the forward; sums over routes go through atomics
     n = tl.arange(0, NP) * one  # `one` hides the stride from the compiler: n stays in registers
-    t = tl.arange(0, 8)
+    t = tl.arange(0, BS)  # blocks of BS = 8 or 4 steps
+    nb = n_sub * (8 // BS)  # with 4, a last block may be all padding (masked; it leaves the state alone)
     nd_mask = (n < N)[:, None] & dmask[None, :]
     # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
     # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
@@ -913,8 +971,8 @@ def _seq_bwd_kernel(
     en = _state_of(e // BLOCK_D, NP, BLOCK_D)
     ed = pid_d * BLOCK_D + e % BLOCK_D
     e_mask = (en < N) & (ed < Dm)
-    # prefetch: lane i asks for step i % 8 of the next block (its channel's u, delta, ...; that step's B, C row)
-    lane_step = tl.arange(0, BLOCK_D) % 8
+    # prefetch: lane i asks for step i % BS of the next block (its channel's u, delta, ...; that step's B, C row)
+    lane_step = tl.arange(0, BLOCK_D) % BS
     for k in tl.static_range(K):
         kb = k if BC_ROUTES else 0
         kx = k if X_ROUTES else 0
@@ -940,28 +998,26 @@ def _seq_bwd_kernel(
             dc_row = dC_ptr + bc_off
         order_row = order_ptr + b * sord_b + k * sord_k
         dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
-        # block-entry states (CK4: also mid-block), channels padded to whole tiles
-        ck_row = ck_ptr + ((b * K + k) * n_sub * (2 if CK4 else 1) * NP + en) * D_PAD + ed
-        ck_step = (2 if CK4 else 1) * NP * D_PAD  # from one block's checkpoints to the next's
+        ck_row = ck_ptr + ((b * K + k) * nb * NP + en) * D_PAD + ed  # block-entry states, channels padded to tiles
         if HAS_BIAS:
             bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
         if HAS_D:
             Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0)
-        # pass 1: the state entering every block of 8 steps, in route order
+        # pass 1: the state entering every block, in route order
         if HAS_INIT:
             h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
         else:
             h = tl.zeros([NP, BLOCK_D], tl.float32)
         live = (route == k) if PAR_ROUTES else (pid_d >= 0)
-        n_blocks = tl.where(live, n_sub, 0)
+        n_blocks = tl.where(live, nb, 0)
         for jj in range(n_blocks):
-            j = (n_sub - 1 - jj) if REVS[k] else jj
+            j = (nb - 1 - jj) if REVS[k] else jj
             if PREFETCH:
-                pn = _pos_of(_next_block(j, n_sub, REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                pn = _pos_of(_next_block(j, nb, REVS[k]) * BS + lane_step, L, H, W, order_row, KINDS[k])
                 _prefetch(u_row0 + pn * su_l, True)
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
-            s = j * 8 + t
+            s = j * BS + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
             u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
@@ -971,9 +1027,11 @@ def _seq_bwd_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             dt = tl.where(m2, dt, 0.0)
-            tl.store(ck_row + j * ck_step, _flat(h))
-            h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, ck_row + j * ck_step + NP * D_PAD, KINDS[k],
-                         REVS[k], NP, CK4)
+            tl.store(ck_row + j * NP * D_PAD, _flat(h))
+            if BS == 4:
+                h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+            else:
+                h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
         tl.debug_barrier()
         # pass 2: blocks in reverse route order
         if HAS_DLAST:
@@ -984,9 +1042,9 @@ def _seq_bwd_kernel(
         dD_acc = tl.zeros([BLOCK_D], tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], tl.float32)
         for jj in range(n_blocks):
-            j = jj if REVS[k] else (n_sub - 1 - jj)
+            j = jj if REVS[k] else (nb - 1 - jj)
             if PREFETCH:  # the blocks are walked against the route's direction
-                pn = _pos_of(_next_block(j, n_sub, not REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                pn = _pos_of(_next_block(j, nb, not REVS[k]) * BS + lane_step, L, H, W, order_row, KINDS[k])
                 _prefetch(u_row0 + pn * su_l, True)
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + tl.minimum(d, Dm - 1) * sdo_d
@@ -994,7 +1052,7 @@ def _seq_bwd_kernel(
                 _prefetch(z_ptr + b * sz_b + tl.minimum(d, Dm - 1) * sz_d + pn * sz_l, HAS_Z)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
                 _prefetch(c_row + pn * NP, SAME_GROUP)
-            s = j * 8 + t
+            s = j * BS + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
             u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
@@ -1014,10 +1072,14 @@ def _seq_bwd_kernel(
                 dy = do * zt * zsig
             else:
                 dy = do
-            ck_j = ck_row + j * ck_step
-            ga, dA, ddt, du, y = _bblock8(ga, dA, ck_j, ck_j + NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W, order_row,
-                                          b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k],
-                                          NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC, CK4)
+            if BS == 4:
+                ga, dA, ddt, du, y = _bblock4(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 4, L, H, W,
+                                              order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
+                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
+            else:
+                ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W,
+                                              order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
+                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
             if HAS_D:
                 du += Dk[:, None] * dy
                 dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
@@ -1326,9 +1388,9 @@ SEQ_BWD_MAXNREG = None
 # (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
 SEQ_ONE_STATE_FWD_MAXNREG = 80
 SEQ_ONE_STATE_BWD_MAXNREG = 168
-# Backward: also save the state after the first 4 steps of each block of 8 (twice the checkpoints, (B, K, L/4, N, D)
-# fp32), so that each half is recomputed once from its own checkpoint: 6 instead of 10 recomputed steps per block.
-SEQ_BWD_CK_EVERY4 = False
+# Backward blocks of 8 steps (states recomputed in two halves, block-entry checkpoints (B, K, L/8, N, D) fp32) or of
+# 4 (recomputed once, all kept: fewer live values, twice the checkpoints). 4 is not timed yet (issue #4 note).
+SEQ_BWD_BLOCK = 8
 
 
 def _maxnreg(cap: int | None) -> dict:
@@ -1473,8 +1535,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     d_pad = call.grid[0] * call.block_d
     # the state entering every block of 8 steps, written by the kernel's first pass and read by its second
-    ck4 = SEQ_BWD_CK_EVERY4
-    ck = torch.empty((batch, K, call.n_sub * (2 if ck4 else 1), call.NP, d_pad), dtype=torch.float32, device=device)
+    block = SEQ_BWD_BLOCK
+    ck = torch.empty((batch, K, call.n_sub * 8 // block, call.NP, d_pad), dtype=torch.float32, device=device)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
@@ -1501,7 +1563,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, CK4=ck4, num_warps=1,
+        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, BS=block, num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
     if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
