@@ -13,12 +13,12 @@ Two kernel families share the contract:
   hide latency; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced
   along time and split into steps in registers; the next block is prefetched into L1. The backward runs a forward
   pass that writes the state entering every block of 8 steps ((B, K, L/8, N, D) fp32, never (B, D, L, N)), then
-  walks the blocks in reverse, recomputing each block's states in two halves, summing dB/dC over the warp's
-  channels before one atomic add per (step, state) (with one state: a plain store to the tile's own row, summed
-  over tiles by the host). No lane exchange in the forward. A program walks its K routes one after the other and
-  merges them through a program-private fp32 workspace; when a call has too few programs to fill the GPU and long
-  routes (VMamba), each route gets its own program and the merge goes through fp32 atomics that the host finishes
-  (mean, gate, cast).
+  walks the blocks in reverse, recomputing each block's states in two halves (``SEQ_BWD_BLOCK``: or blocks of 4,
+  recomputed once), summing dB/dC over the warp's channels before one atomic add per (step, state) (with one
+  state: a plain store to the tile's own row, summed over tiles by the host). No lane exchange in the forward. A
+  program walks its K routes one after the other and merges them through a program-private fp32 workspace; when a
+  call has too few programs to fill the GPU and long routes (VMamba), each route gets its own program and the
+  merge goes through fp32 atomics that the host finishes (mean, gate, cast).
 - Tile kernels (channels-first grid routes: VMamba's column-major walks; permutations), described below.
 
 How the tile kernels split the work:
