@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -118,17 +117,16 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, None, c.order, c.inverse, True, small.merge,
             c.channels_last)
 
-    # lanes and one route per program depend on the number of programs: take the real shape's choices
-    real_u = SimpleNamespace(shape=(ref.batch, 1, ref.channels, ref.L))
+    # one route per program depends on the number of programs: take the real shape's choice
     K = kw["routes"].K
-    lanes = {which: kernels._seq_lanes(ref.states, real_u, which) for which in ("fwd", "bwd")}
+    lanes = {which: kernels._seq_lanes(ref.states, which, ref.batch, ref.channels) for which in ("fwd", "bwd")}
     tiles = {which: ref.batch * kernels._cdiv(ref.channels, lanes[which]) for which in lanes}
     par = {which: kernels.parallel_routes(K, tiles[which], ref.L) for which in lanes}
     programs = {f"_seq_{which}_kernel": tiles[which] * (K if par[which] else 1) for which in lanes}
     choose, parallel = kernels._seq_lanes, kernels.parallel_routes
 
     def call():
-        kernels._seq_lanes = lambda N, u, which: lanes[which]
+        kernels._seq_lanes = lambda N, which, *_: lanes[which]  # the real shape's lanes at the small sizes
         try:
             kernels.parallel_routes = lambda *_: par["fwd"]
             y, _, _ = kernels.selective_scan(*args, False, False, dtype)

@@ -148,10 +148,12 @@ LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cro
 # Case-id prefixes that change one knob of the kernels' dispatch. Tiny calls get the backward's 8 lanes (4 threads
 # per channel), all routes in one program, and atomics for dB/dC when N > 1; these reach the other choices.
 KNOB_PREFIXES = {
-    "bwd16": ("SEQ_FEW_PROGRAMS", 0),  # 16 lanes (2 threads per channel)
+    "bwd16": ("SEQ_BWD_LANES", 16),  # 16 lanes (2 threads per channel)
+    "fwd32": ("SEQ_FWD_FEW_PROGRAMS", 0),  # forward: 32 lanes whatever the number of programs
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route sums through atomics
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
-    "block4": ("SEQ_BWD_BLOCK", 4),  # backward blocks of 4 steps
+    "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1 (the one-state default)
+    "block4": ("SEQ_ONE_STATE_BWD_BLOCK", 4),  # backward blocks of 4 steps with one state
 }
 
 
@@ -219,8 +221,9 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
-                  "block4:bidi-mean-z-init-states", "block4:parallel:sequential:cross2d-groups-shared-u",
-                  "block4:bwd16:bidi-whole-channel-tiles"])
+                  "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",
+                  "block8:bwd16:bidi-whole-channel-tiles", "block4:cross2d-channels-last-per-route-out",
+                  "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles"])
 
 
 @pytest.fixture(scope="module")
@@ -261,14 +264,12 @@ def test_kernel_family_and_lanes_choice():
     assert kernels.sequential(grid, channels_last=True) and not kernels.sequential(grid)
     lanes = kernels._seq_lanes
 
-    def u(batch, Dm):
-        return torch.empty(batch, 2, Dm, 1)
-
-    assert lanes(1, u(128, 192), "bwd") == 32 and lanes(1, u(128, 192), "fwd") == 32  # one state: one thread
-    assert lanes(16, u(128, 768), "fwd") == kernels.SEQ_FWD_LANES == 32
-    assert lanes(16, u(128, 768), "bwd") == 16  # Vim-S
-    assert lanes(16, u(250, 512), "bwd") == 16  # DPMamba inter-chunk
-    assert lanes(16, u(34, 512), "bwd") == 8  # DPMamba intra-chunk: few programs, more of them
+    assert lanes(1, "bwd", 128, 192) == 32 and lanes(1, "fwd", 2, 192) == 32  # one state: one thread a channel
+    assert lanes(16, "fwd", 128, 768) == lanes(16, "fwd", 250, 512) == 32  # Vim-S, DPMamba inter: enough programs
+    assert lanes(16, "fwd", 34, 512) == 8  # DPMamba intra: 544 programs of 32 channels would leave half the GPU idle
+    assert lanes(16, "bwd", 128, 768) == lanes(64, "bwd", 1, 64) == 8  # a channel's states over 4 threads
+    assert lanes(2, "bwd", 128, 768) == lanes(2, "fwd", 1, 64) == 16  # at least one state a thread
+    assert lanes(3, "bwd", 1, 64) == 8
     # one route per program: VMamba-T stage 1 (128 images x 6 tiles of 32 channels, 4 routes of 3136 steps) only
     assert kernels.parallel_routes(4, 128 * 6, 3136)
     assert not kernels.parallel_routes(2, 34 * 16, 250)  # DPMamba intra: short routes (the host-side merge loses)
@@ -360,7 +361,9 @@ def test_gpu_matches_chunked_float64(name, dtype):
 # The dispatch alternatives the knobs at the top of triton.py select (kept correct for the A/B runs that decide
 # them): (knob, value, GPU case).
 GPU_KNOB_CASES = {
-    "backward-blocks-of-4-steps": ("SEQ_BWD_BLOCK", 4, "vim-s"),
+    "backward-blocks-of-8-steps": ("SEQ_BWD_BLOCK", 8, "vim-s"),
+    "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
+    "forward-32-lanes": ("SEQ_FWD_FEW_PROGRAMS", 0, "vim-s"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
 }

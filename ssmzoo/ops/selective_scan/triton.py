@@ -9,12 +9,11 @@ Two kernel families share the contract:
 - Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; and grid routes in the
   channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
-  registers (the backward splits N over two half-warps, or four lane groups when a call has too few programs to
-  hide latency; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced
-  along time and split into steps in registers; the next block is prefetched into L1. The backward runs a forward
-  pass that writes the state entering every block of 8 steps ((B, K, L/8, N, D) fp32, never (B, D, L, N)), then
-  walks the blocks in reverse, recomputing each block's states in two halves (``SEQ_BWD_BLOCK``: or blocks of 4,
-  recomputed once), summing dB/dC over the warp's channels before one atomic add per (step, state) (with one
+  registers (the backward splits N over four lane groups, 8 channels a warp, and so does the forward when a call
+  has too few programs to fill the GPU; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The backward runs a forward
+  pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never (B, D, L, N)), then
+  walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``; one state: blocks of 8
+  recomputed in two halves), summing dB/dC over the warp's channels before one atomic add per (step, state) (with one
   state: a plain store to the tile's own row, summed over tiles by the host). No lane exchange in the forward. A
   program walks its K routes one after the other and merges them through a program-private fp32 workspace; when a
   call has too few programs to fill the GPU and long routes (VMamba), each route gets its own program and the
@@ -1369,7 +1368,10 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
 
 # Sequential kernels: channels per program (one warp) and N split over lanes in the backward (fewer registers).
 SEQ_FWD_LANES = 32
-SEQ_BWD_LANES = 16
+# backward with N > 1: 8 channels a warp (a channel's states over 4 threads), or more when N is too small to fill a
+# warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs, Vim-S 3747 -> 3787,
+# H100 bf16, issue #4 note).
+SEQ_BWD_LANES = 8
 # One state: 32 channels a warp. Narrower programs add warps but not shorter walks: VMamba-T s1 channels-last bf16
 # fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per channel), H100.
 SEQ_ONE_STATE_LANES = 32
@@ -1383,14 +1385,18 @@ SEQ_PAR_ROUTES_BELOW = 2112
 SEQ_PAR_ROUTES_MIN_L = 1024
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
-SEQ_BWD_MAXNREG = None
+# N > 1 backward: 168 registers, 12 warps per SM, no spill with blocks of 4 (DPMamba intra bwd 1512 -> 1204 µs;
+# 224: 1518). H100 bf16, issue #4 note.
+SEQ_BWD_MAXNREG = 168
 # With one state the caps pay: 80 registers let the forward's 3072 one-route programs (VMamba-T s1) run in one wave
 # (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
 SEQ_ONE_STATE_FWD_MAXNREG = 80
 SEQ_ONE_STATE_BWD_MAXNREG = 168
-# Backward blocks of 8 steps (states recomputed in two halves, block-entry checkpoints (B, K, L/8, N, D) fp32) or of
-# 4 (recomputed once, all kept: fewer live values, twice the checkpoints). 4 is not timed yet (issue #4 note).
-SEQ_BWD_BLOCK = 8
+# Backward blocks of 4 steps (recomputed once from their own checkpoint, all 4 states kept: fewer live values) or of
+# 8 (states recomputed in two halves, half the checkpoints, (B, K, L/8, N, D) fp32). N > 1: 4 (Vim-S bwd 4397 ->
+# 3747 µs, DPMamba inter 1217 -> 1105); one state: 8 (VMamba-T s1 channels-last 5591 vs 6129 µs). H100 bf16.
+SEQ_BWD_BLOCK = 4
+SEQ_ONE_STATE_BWD_BLOCK = 8
 
 
 def _maxnreg(cap: int | None) -> dict:
@@ -1405,20 +1411,23 @@ SEQ_GRID_CHANNELS_LAST = True
 SEQ_GRID_CHANNELS_FIRST = False
 
 
-SEQ_FEW_PROGRAMS = 2112  # 4 warps per scheduler of an H100 (132 SMs x 4 x 4): below, the backward uses 8 lanes
+# Forward with N > 1 and fewer 32-channel programs than this (one wave at 8 warps per SM of an H100's 132): 8 lanes,
+# a channel's states over 4 threads, 4x the programs (DPMamba intra, 544 programs: fwd 301 -> 193 µs, H100 bf16).
+SEQ_FWD_FEW_PROGRAMS = 1056
+SEQ_FWD_FEW_LANES = 8
 
 
-def _seq_lanes(N: int, u: Tensor, which: str) -> int:
+def _seq_lanes(N: int, which: str, batch: int, Dm: int) -> int:
     """Channels per program (one warp) of the sequential kernels. With one state a thread cannot share its channel:
-    32 lanes. Else the forward keeps a channel's states in one thread (32 lanes), and the backward splits them over
-    two (16 lanes, fewer registers) or, when that gives too few programs to hide latency (DPMamba's intra-chunk
-    shape at B = 34), over four. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
-    if N == 1 or which == "fwd":
-        return SEQ_ONE_STATE_LANES if N == 1 else SEQ_FWD_LANES
-    batch, _, Dm, _ = u.shape
-    if batch * _cdiv(Dm, SEQ_BWD_LANES) < SEQ_FEW_PROGRAMS:
-        return min(SEQ_BWD_LANES, 8)
-    return SEQ_BWD_LANES
+    32 lanes. Else the forward keeps a channel's states in one thread (32 lanes) unless that leaves the GPU mostly
+    idle, and the backward splits them over threads (fewer registers a thread, more programs to hide latency), at
+    least one state a thread. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
+    if N == 1:
+        return SEQ_ONE_STATE_LANES
+    if which == "fwd":
+        few = batch * _cdiv(Dm, SEQ_FWD_LANES) < SEQ_FWD_FEW_PROGRAMS
+        return max(SEQ_FWD_FEW_LANES, 32 // _pow2(N)) if few else SEQ_FWD_LANES
+    return max(SEQ_BWD_LANES, 32 // _pow2(N))
 
 
 def _zeroed_views(device, *shapes) -> list[Tensor | None]:
@@ -1506,7 +1515,7 @@ class _SeqCall:
 
 def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, channels_last,
                  return_last_state, return_states, out_dtype):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], u, "fwd"))
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], "fwd", u.shape[0], u.shape[2]))
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
                              channels_last)
@@ -1531,11 +1540,11 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
 
 def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
                   merge, channels_last):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], u, "bwd"))
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], "bwd", u.shape[0], u.shape[2]))
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     d_pad = call.grid[0] * call.block_d
-    # the state entering every block of 8 steps, written by the kernel's first pass and read by its second
-    block = SEQ_BWD_BLOCK
+    # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
+    block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
     ck = torch.empty((batch, K, call.n_sub * 8 // block, call.NP, d_pad), dtype=torch.float32, device=device)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
