@@ -1369,8 +1369,8 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
 # Sequential kernels: channels per program (one warp) and N split over lanes in the backward (fewer registers).
 SEQ_FWD_LANES = 32
 # backward with N > 1: 8 channels a warp (a channel's states over 4 threads), or more when N is too small to fill a
-# warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs, Vim-S 3747 -> 3787,
-# H100 bf16, issue #4 note).
+# warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs; Vim-S 3747 vs 3787,
+# a tie; H100 bf16, issue #4 note).
 SEQ_BWD_LANES = 8
 # One state: 32 channels a warp. Narrower programs add warps but not shorter walks: VMamba-T s1 channels-last bf16
 # fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per channel), H100.
@@ -1412,7 +1412,8 @@ SEQ_GRID_CHANNELS_FIRST = False
 
 
 # Forward with N > 1 and fewer 32-channel programs than this (one wave at 8 warps per SM of an H100's 132): 8 lanes,
-# a channel's states over 4 threads, 4x the programs (DPMamba intra, 544 programs: fwd 301 -> 193 µs, H100 bf16).
+# a channel's states over 4 threads, 4x the programs at 96 registers (DPMamba intra, 544 programs: 0.78 waves instead
+# of 0.52; kernel 182 µs, the call host-bound: 193-426 µs vs 219-301 at 32 lanes, H100 bf16, issue #4 note).
 SEQ_FWD_FEW_PROGRAMS = 1056
 SEQ_FWD_FEW_LANES = 8
 
