@@ -135,6 +135,12 @@ CASES.append(("bidi-whole-channel-tiles", dict(batch=2, Dm=32, N=4, G=1, spatial
 # host sums per group.
 CASES.append(("bidi-groups-of-whole-tiles", dict(batch=1, Dm=32, N=4, G=2, spatial=(19,), routes=directions.bidi(19),
                                                  per_route_u=True, per_route_bc=False), "sum"))
+# The contract's largest states: 64 (a channel's states over 4 threads in the backward and the tiny call's forward,
+# all in one thread with the forward's 32 lanes: `fwd32:`), and a non-power of two above 32 in the tile kernels.
+CASES.append(("bidi-64-states", dict(batch=1, Dm=8, N=64, G=1, spatial=(13,), routes=directions.bidi(13),
+                                     per_route_u=True, init=True), "mean"))
+CASES.append(("cross2d-33-states", dict(batch=1, Dm=2, N=33, G=1, spatial=(3, 2), routes=directions.cross2d(3, 2),
+                                        init=True), "sum"))
 # Grid and permutation routes dispatch to the tile kernels; the sequential kernels support them too (checked here
 # by calling them directly).
 SEQ_GRID_CASE = ("cross2d-groups-shared-u", "permutations-per-sample-staged-bc")
@@ -223,7 +229,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
                   "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",
                   "block8:bwd16:bidi-whole-channel-tiles", "block4:cross2d-channels-last-per-route-out",
-                  "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles"])
+                  "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
+                  "block8:bidi-64-states"])
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +338,11 @@ GPU_CASES = {
                            per_route_u=True), "sum"),
     "dpmamba-inter": (dict(batch=16, Dm=512, N=16, G=1, spatial=(34,), routes=directions.bidi(34),
                            per_route_u=True, init=True), "sum"),
+    # the contract's largest states: 64 in the sequential kernels, 33 (padded to 64) in the tile kernels
+    "64-states-bidi": (dict(batch=3, Dm=96, N=64, G=2, spatial=(77,), routes=directions.bidi(77), per_route_u=True,
+                            init=True), "mean"),
+    "33-states-grid": (dict(batch=2, Dm=40, N=33, G=1, spatial=(9, 7), routes=directions.cross2d(9, 7), z=False),
+                       "sum"),
 }
 
 gpu = pytest.mark.gpu
