@@ -10,14 +10,16 @@ Two kernel families share the contract:
   channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
   registers (the backward splits N over four lane groups, 8 channels a warp, and so does the forward when a call
-  has too few programs to fill the GPU; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The backward runs a forward
-  pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never (B, D, L, N)), then
-  walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``; one state: blocks of 8
-  recomputed in two halves), summing dB/dC over the warp's channels before one atomic add per (step, state) (with one
-  state: a plain store to the tile's own row, summed over tiles by the host). No lane exchange in the forward. A
-  program walks its K routes one after the other and merges them through a program-private fp32 workspace; when a
-  call has too few programs to fill the GPU and long routes (VMamba), each route gets its own program and the
-  merge goes through fp32 atomics that the host finishes (mean, gate, cast).
+  has too few programs to fill the GPU; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps
+  are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The
+  backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
+  (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``; one
+  state: blocks of 8 recomputed in two halves), summing dB/dC over the warp's channels before one atomic add per
+  (step, state) (with one state: a plain store to the tile's own row, summed over tiles by the host). The forward
+  exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
+  routes one after the other and merges them through a program-private fp32 workspace; when a call has too few
+  programs to fill the GPU and long routes (VMamba), each route gets its own program and the merge goes through
+  fp32 atomics that the host finishes (mean, gate, cast).
 - Tile kernels (channels-first grid routes: VMamba's column-major walks; permutations), described below.
 
 How the tile kernels split the work:
@@ -494,8 +496,9 @@ def _bwd_kernel(
 # moves the time axis into registers: Triton transposes the tile through shared memory once); the (N, BLOCK_D)
 # state tensors are kept in the layout "lanes = channels, states in registers" by loading and storing them flat
 # with strides hidden from the compiler (`one`). B and C come from staged (B, K, G, L, N) fp32 rows, one 16-byte
-# broadcast load per 4 states. Nothing crosses lanes in the forward; the backward sums dB and dC over the warp's
-# channels (the only shuffles) before one atomic add per (step, state).
+# broadcast load per 4 states. With 32 channels a warp nothing crosses lanes in the forward; split states (fewer
+# channels a warp) sum over the threads of a channel; the backward also sums dB and dC over the warp's channels before
+# one atomic add per (step, state).
 
 
 @triton.jit
@@ -1516,7 +1519,8 @@ class _SeqCall:
 
 def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, channels_last,
                  return_last_state, return_states, out_dtype):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], "fwd", u.shape[0], u.shape[2]))
+    lanes = _seq_lanes(A.shape[-1], "fwd", u.shape[0], u.shape[2])
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes)
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
                              channels_last)
@@ -1541,7 +1545,8 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
 
 def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
                   merge, channels_last):
-    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, _seq_lanes(A.shape[-1], "bwd", u.shape[0], u.shape[2]))
+    lanes = _seq_lanes(A.shape[-1], "bwd", u.shape[0], u.shape[2])
+    call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes)
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
     d_pad = call.grid[0] * call.block_d
     # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
