@@ -117,7 +117,7 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     args = (c.u, c.delta, c.A, c.B, c.C, c.D, c.z, c.delta_bias, None, c.order, c.inverse, True, small.merge,
             c.channels_last)
 
-    # one route per program depends on the number of programs: take the real shape's choice
+    # lanes and one route per program depend on the real shape's batch and channels: take its choices
     K = kw["routes"].K
     lanes = {which: kernels._seq_lanes(ref.states, which, ref.batch, ref.channels) for which in ("fwd", "bwd")}
     tiles = {which: ref.batch * kernels._cdiv(ref.channels, lanes[which]) for which in lanes}

@@ -1388,8 +1388,8 @@ SEQ_PAR_ROUTES_BELOW = 2112
 SEQ_PAR_ROUTES_MIN_L = 1024
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
-# N > 1 backward: 168 registers, 12 warps per SM, no spill with blocks of 4 (DPMamba intra bwd 1512 -> 1204 µs;
-# 224: 1518). H100 bf16, issue #4 note.
+# N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
+# 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note.
 SEQ_BWD_MAXNREG = 168
 # With one state the caps pay: 80 registers let the forward's 3072 one-route programs (VMamba-T s1) run in one wave
 # (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
