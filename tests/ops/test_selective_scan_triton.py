@@ -160,6 +160,7 @@ KNOB_PREFIXES = {
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1 (the one-state default)
     "block4": ("SEQ_ONE_STATE_BWD_BLOCK", 4),  # backward blocks of 4 steps with one state
+    "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
 }
 
 
@@ -230,7 +231,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",
                   "block8:bwd16:bidi-whole-channel-tiles", "block4:cross2d-channels-last-per-route-out",
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
-                  "block8:bidi-64-states"])
+                  "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
+                  "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states"])
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +378,7 @@ GPU_KNOB_CASES = {
     "backward-blocks-of-8-steps": ("SEQ_BWD_BLOCK", 8, "vim-s"),
     "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
     "forward-32-lanes": ("SEQ_FWD_FEW_PROGRAMS", 0, "vim-s"),
+    "dB-dC-reduce-scatter": ("SEQ_SCATTER_BC", True, "dpmamba-inter"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
 }

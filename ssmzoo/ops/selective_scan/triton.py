@@ -781,10 +781,11 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
 @triton.jit
 def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
            ndmask, N, KIND: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr, SAME_GROUP: tl.constexpr,
-           HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
+           HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
     """Adjoint of base-order step s. ga: a_next * g_next (the adjoint flowing back into the state after step s);
     hp: the state before step s. Returns the adjoint flowing into hp, dA, and per channel the gradient of dt
-    (before softplus), of u (scan part) and the scan output y (for dz)."""
+    (before softplus), of u (scan part) and the scan output y (for dz); then the step's (NP, BD) dB and dC
+    partials, which it has already added to their rows unless BC_MODE is BC_SCATTER (the caller adds a block's)."""
     pos = _pos_of(s, L, H, W, order_row, KIND)
     valid = s < L
     nb = tl.arange(0, NP)[:, None]
@@ -802,9 +803,11 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
     ddt = tl.sum(w * A2, 0) * 0.6931471805599453 + u_i * gB
     pB = g * dtu[None, :]
     pC = h * dy_i[None, :]
-    if PARTIAL_BC:  # one row of B and C for the whole tile: its channels' sum, stored to the tile's own row
+    if BC_MODE == 1:  # one row of B and C for the whole tile: its channels' sum, stored to the tile's own row
         tl.store(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid)
         tl.store(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid)
+    elif BC_MODE == 2:  # the caller sums the block's steps together (_scatter_add4)
+        pass
     elif SAME_GROUP:  # one row of B and C for the whole tile: sum over its channels, then one atomic per state
         tl.atomic_add(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid, sem="relaxed")
         tl.atomic_add(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid, sem="relaxed")
@@ -815,14 +818,14 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
         y = tl.sum(Ci * h, 0)
     else:
         y = gB * 0.0
-    return a * g, dA, ddt, dt_i * gB, y
+    return a * g, dA, ddt, dt_i * gB, y, pB, pC
 
 
 @triton.jit
 def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
              N,
              KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
     """Backward through a block of 8 steps given the state entering it (at ``ck``) and the adjoint ga flowing back
     from after it. The states of the block are recomputed in two halves of 4 (register budget): the first half is
     run once to reach the second, whose states are kept for its adjoint, then again for its own.
@@ -843,34 +846,34 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t7, v7, y7 = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, c_row,
+    ga, dA, t7, v7, y7, _, _ = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t6, v6, y6 = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t6, v6, y6, _, _ = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t5, v5, y5 = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t5, v5, y5, _, _ = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t4, v4, y4 = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
+                                BC_MODE)
     p0 = _tile(tl.load(ck), A2.shape[1])
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t3, v3, y3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, c_row,
+    ga, dA, t3, v3, y3, _, _ = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t2, v2, y2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t2, v2, y2, _, _ = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t1, v1, y1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t1, v1, y1, _, _ = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t0, v0, y0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, c_row,
+                                BC_MODE)
+    ga, dA, t0, v0, y0, _, _ = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, c_row,
                                 db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
+                                BC_MODE)
     if REV:
         return (ga, dA, _join8(t7, t6, t5, t4, t3, t2, t1, t0), _join8(v7, v6, v5, v4, v3, v2, v1, v0),
                 _join8(y7, y6, y5, y4, y3, y2, y1, y0))
@@ -909,9 +912,38 @@ def _hblock4(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
 
 
 @triton.jit
+def _scatter_add4(row, P0, P1, P2, P3, steps, L, H, W, order_row, KIND: tl.constexpr, NP: tl.constexpr):
+    """Add the channel sums of four steps' (NP, BD) partials (a block's dB or dC) to their (step, state) rows of
+    one B/C group. A reduce-scatter over the channel axis: at the exchanges with channel d ^ 4 and d ^ 2 each
+    channel keeps the steps its bit says and passes on the others (half of what is left, instead of summing all
+    four steps everywhere), then plain exchanges finish the sum; channel d ends with step 2 * bit2 + bit1's sums,
+    shared with the channels of the same two bits, which split the states between them for the atomic adds.
+    When channels sit on a warp's lanes (the sequential kernels' layout, BD >= 8) the exchanges are lane shuffles.
+    """
+    BD: tl.constexpr = P0.shape[1]
+    d = tl.arange(0, BD)[None, :]
+    n = tl.arange(0, NP)[:, None]
+    hi = (d & 4) != 0
+    across4 = tl.broadcast_to(d ^ 4, P0.shape)
+    q0 = tl.where(hi, P2, P0) + tl.gather(tl.where(hi, P0, P2), across4, 1)
+    q1 = tl.where(hi, P3, P1) + tl.gather(tl.where(hi, P1, P3), across4, 1)
+    mid = (d & 2) != 0
+    r = tl.where(mid, q1, q0) + tl.gather(tl.where(mid, q0, q1), tl.broadcast_to(d ^ 2, P0.shape), 1)
+    r += tl.gather(r, tl.broadcast_to(d ^ 1, P0.shape), 1)
+    for m in tl.static_range(3, 6):
+        if BD > (1 << m):
+            r += tl.gather(r, tl.broadcast_to(d ^ (1 << m), P0.shape), 1)
+    step = tl.where(hi, 2, 0) + tl.where(mid, 1, 0)
+    s = tl.where(step == 0, steps[0], tl.where(step == 1, steps[1], tl.where(step == 2, steps[2], steps[3])))
+    sharer = (d & 1) | ((d >> 3) << 1)  # which of the BD / 4 channels holding these sums this one is
+    mine = ((n >> 1) % (BD // 4)) == sharer
+    tl.atomic_add(row + _pos_of(s, L, H, W, order_row, KIND) * NP + n, r, mask=mine & (s < L), sem="relaxed")
+
+
+@triton.jit
 def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
              N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, PARTIAL_BC: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
     """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
     (fewer live values than a block of 8, twice the checkpoints)."""
     x0, x1, x2, x3 = _split4(u)
@@ -925,18 +957,22 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t3, v3, y3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t2, v2, y2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t1, v1, y1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
-    ga, dA, t0, v0, y0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                PARTIAL_BC)
+    ga, dA, t3, v3, y3, b3, c3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row,
+                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                        SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t2, v2, y2, b2, c2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row,
+                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                        SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t1, v1, y1, b1, c1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row,
+                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                        SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t0, v0, y0, b0, c0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row,
+                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                        SAME_GROUP, HAS_Z, BC_MODE)
+    if BC_MODE == 2:
+        steps = (_sidx(s0, 0, REV, 4), _sidx(s0, 1, REV, 4), _sidx(s0, 2, REV, 4), _sidx(s0, 3, REV, 4))
+        _scatter_add4(db_row, b0, b1, b2, b3, steps, L, H, W, order_row, KIND, NP)
+        _scatter_add4(dc_row, c0, c1, c2, c3, steps, L, H, W, order_row, KIND, NP)
     if REV:
         return ga, dA, _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
     else:
@@ -956,7 +992,7 @@ def _seq_bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, PARTIAL_BC: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
+    PREFETCH: tl.constexpr, BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -991,7 +1027,7 @@ def _seq_bwd_kernel(
         bc_off = b * sB_b + kb * sB_k + grp * sB_g
         b_row = B_ptr + bc_off
         c_row = C_ptr + bc_off
-        if PARTIAL_BC:  # rows of this tile alone: (B, K, tiles, n_sub * 8, NP), summed over tiles by the host
+        if BC_MODE == 1:  # rows of this tile alone: (B, K, tiles, n_sub * 8, NP), summed over tiles by the host
             part_off = ((b * K + k) * tl.num_programs(0) + pid_d) * n_sub * 8 * NP
             db_row = dB_ptr + part_off
             dc_row = dC_ptr + part_off
@@ -1077,11 +1113,11 @@ def _seq_bwd_kernel(
             if BS == 4:
                 ga, dA, ddt, du, y = _bblock4(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 4, L, H, W,
                                               order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
-                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
+                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
             else:
                 ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W,
                                               order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
-                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, PARTIAL_BC)
+                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
             if HAS_D:
                 du += Dk[:, None] * dy
                 dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
@@ -1381,6 +1417,9 @@ SEQ_ONE_STATE_LANES = 32
 # backward with up to this many states: each channel tile stores its dB, dC rows and the host sums them (no atomics
 # per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note)
 SEQ_PARTIAL_BC_MAX_NP = 1
+# backward with blocks of 4 and N > 1: a block's dB/dC channel sums as one reduce-scatter over its 4 steps
+# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes). Compiled and checked on the CPU, not timed.
+SEQ_SCATTER_BC = False
 # One route per program (the route sums through fp32 atomics, finished by the host) when a call has fewer programs
 # than this (4 per scheduler of an H100) and routes at least this long. VMamba-T s1 channels-last (768 programs of
 # 4 x 3136 steps): fwd 3.90 -> 2.61 ms, bwd 10.9 -> 9.1 ms; DPMamba intra (544, L = 250) loses: 417 -> 507 µs fwd.
@@ -1557,6 +1596,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dz = _like(z) if z is not None else None
     Kx = K if call.x_routes else 1
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
+    scatter = SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4 and call.block_d >= 8
+    bc_mode = 1 if partial else 2 if scatter else 0  # _astep's BC_MODE
     # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
     dB, dC, dA, dD, dbias = _zeroed_views(device, None if partial else call.B.shape, None if partial else call.C.shape,
                                           (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
@@ -1578,7 +1619,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, PARTIAL_BC=partial, BS=block, num_warps=1,
+        HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
     if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
