@@ -846,34 +846,34 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
     p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
     p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t7, v7, y7, _, _ = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t6, v6, y6, _, _ = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t5, v5, y5, _, _ = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
+    ga, dA, t7, v7, y7, _, _ = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t6, v6, y6, _, _ = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t5, v5, y5, _, _ = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
     p0 = _tile(tl.load(ck), A2.shape[1])
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t3, v3, y3, _, _ = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t2, v2, y2, _, _ = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t1, v1, y1, _, _ = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
-    ga, dA, t0, v0, y0, _, _ = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, c_row,
-                                db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES, SAME_GROUP, HAS_Z,
-                                BC_MODE)
+    ga, dA, t3, v3, y3, _, _ = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t2, v2, y2, _, _ = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t1, v1, y1, _, _ = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
+    ga, dA, t0, v0, y0, _, _ = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row,
+                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+                                      SAME_GROUP, HAS_Z, BC_MODE)
     if REV:
         return (ga, dA, _join8(t7, t6, t5, t4, t3, t2, t1, t0), _join8(v7, v6, v5, v4, v3, v2, v1, v0),
                 _join8(y7, y6, y5, y4, y3, y2, y1, y0))
