@@ -161,6 +161,7 @@ KNOB_PREFIXES = {
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1 (the one-state default)
     "block4": ("SEQ_ONE_STATE_BWD_BLOCK", 4),  # backward blocks of 4 steps with one state
     "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
+    "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
 }
 
 
@@ -232,7 +233,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "block8:bwd16:bidi-whole-channel-tiles", "block4:cross2d-channels-last-per-route-out",
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
                   "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
-                  "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states"])
+                  "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states",
+                  "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states"])
 
 
 @pytest.fixture(scope="module")
@@ -379,6 +381,7 @@ GPU_KNOB_CASES = {
     "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
     "forward-32-lanes": ("SEQ_FWD_FEW_PROGRAMS", 0, "vim-s"),
     "dB-dC-reduce-scatter": ("SEQ_SCATTER_BC", True, "dpmamba-inter"),
+    "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
 }

@@ -88,14 +88,36 @@ _POISON_ENV = "SSMZOO_POISON"
 
 
 @triton.jit
-def _softplus(x):
-    """mamba_ssm's softplus: log(1 + e^x), identity above 20."""
-    return tl.where(x > 20.0, x, tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453)
+def _lg2(x, FAST: tl.constexpr):
+    """log2 of x >= 1. FAST: the special-function unit's approximation (one MUFU.LG2; absolute error about 2^-22,
+    far inside the fp32 tolerance) instead of libdevice's ~25-instruction polynomial with range reduction, which
+    was a tenth of the sequential backward's instructions. The interpreter runs no PTX: it takes tl.log2."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.log2(x)
 
 
 @triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp2(-x * 1.4426950408889634))
+def _rcp(x, FAST: tl.constexpr):
+    """1 / x for x >= 1. FAST: one MUFU.RCP instead of the IEEE division (its Newton steps and slow-path branch)."""
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
+    """mamba_ssm's softplus: log(1 + e^x), identity above 20."""
+    return tl.where(x > 20.0, x, _lg2(1.0 + tl.exp2(x * 1.4426950408889634), FAST) * 0.6931471805599453)
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr):
+    return _rcp(1.0 + tl.exp2(-x * 1.4426950408889634), FAST)
 
 
 @triton.jit
@@ -249,7 +271,7 @@ def _fwd_kernel(
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, SAVE_CHUNKS: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, OUTPUT: tl.constexpr, SAME_GROUP: tl.constexpr, BC_BCAST: tl.constexpr,
     BC_PADDED: tl.constexpr,
-    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
+    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr, FAST: tl.constexpr,
 ):
     """Forward scan of one (batch, channel tile) over the K routes.
 
@@ -291,7 +313,7 @@ def _fwd_kernel(
             if HAS_BIAS:
                 dt += bias[None, :, None]
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = _softplus(dt, FAST)
             dt = tl.where(m3, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
             dtu = dt * u
             y = tl.zeros([P, BLOCK_D, M], dtype=tl.float32)
@@ -321,7 +343,7 @@ def _fwd_kernel(
                     if HAS_Z:
                         zt = tl.load(z_ptr + b * sz_b + dd * sz_d + pos * sz_l,
                                      mask=m3, other=0.0).to(tl.float32)
-                        y = y * zt * _sigmoid(zt)
+                        y = y * zt * _sigmoid(zt, FAST)
                     o = (out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + dd * so_d
                          + pos * so_l)
                     tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m3)
@@ -354,7 +376,7 @@ def _bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, CARRY: tl.constexpr, HAS_DSTATES: tl.constexpr, MERGE: tl.constexpr,
     SAME_GROUP: tl.constexpr, BC_BCAST: tl.constexpr, BC_PADDED: tl.constexpr,
-    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr,
+    BLOCK_D: tl.constexpr, P: tl.constexpr, M: tl.constexpr, FAST: tl.constexpr,
 ):
     """Backward of one (batch, channel tile) over the K routes, tiles in reverse route order.
 
@@ -403,7 +425,7 @@ def _bwd_kernel(
             x = tl.load(dl_row + pos * sdl_l, mask=m3, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 x += bias[None, :, None]
-            dt = _softplus(x) if SOFTPLUS else x
+            dt = _softplus(x, FAST) if SOFTPLUS else x
             dt = tl.where(m3, dt, 0.0)
             dtu = dt * u
             do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + dd * sdo_d
@@ -413,7 +435,7 @@ def _bwd_kernel(
             if HAS_Z:
                 zt = tl.load(z_ptr + b * sz_b + dd * sz_d + pos * sz_l,
                              mask=m3, other=0.0).to(tl.float32)
-                zsig = _sigmoid(zt)
+                zsig = _sigmoid(zt, FAST)
                 dy = do * zt * zsig
             else:
                 dy = do
@@ -459,7 +481,7 @@ def _bwd_kernel(
                 du += Dk[None, :, None] * dy
                 dD_acc += tl.sum(tl.sum(dy * u, 2), 0)
             if SOFTPLUS:
-                ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x))
+                ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x, FAST))
             ddt = tl.where(m3, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(tl.sum(ddt, 2), 0)
@@ -647,7 +669,7 @@ def _seq_fwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, PAR_ROUTES: tl.constexpr,
+    PREFETCH: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -706,7 +728,7 @@ def _seq_fwd_kernel(
             if HAS_BIAS:
                 dt += bias[:, None]
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = _softplus(dt, FAST)
             dt = tl.where(m2, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
             s0 = j * 8
             h, y = _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, e_mask, N, KINDS[k],
@@ -724,7 +746,7 @@ def _seq_fwd_kernel(
                 if HAS_Z:
                     zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
                                  other=0.0).to(tl.float32)
-                    y = y * zt * _sigmoid(zt)
+                    y = y * zt * _sigmoid(zt, FAST)
                 o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + d[:, None] * so_d + pos[None, :] * so_l
                 tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m2)
             else:
@@ -808,6 +830,9 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
         tl.store(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid)
     elif BC_MODE == 2:  # the caller sums the block's steps together (_scatter_add4)
         pass
+    elif BC_MODE == 3:  # the caller adds the block's channel sums with one atomic (_block_add4)
+        pB = tl.sum(pB, 1)
+        pC = tl.sum(pC, 1)
     elif SAME_GROUP:  # one row of B and C for the whole tile: sum over its channels, then one atomic per state
         tl.atomic_add(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid, sem="relaxed")
         tl.atomic_add(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid, sem="relaxed")
@@ -941,14 +966,102 @@ def _scatter_add4(row, P0, P1, P2, P3, steps, L, H, W, order_row, KIND: tl.const
 
 
 @triton.jit
+def _step_inputs(u, x, do, zt, bias, mask, K: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 MERGE: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr):
+    """The backward's per-(channel, step) inputs, elementwise on tiles or rows: from u, delta (x), the output's
+    gradient (do) and z, return x + bias, dt (0 on padding), do (over K for a mean), dy (through the gate) and the
+    gate's sigmoid."""
+    if HAS_BIAS:
+        x = x + bias
+    dt = _softplus(x, FAST) if SOFTPLUS else x
+    dt = tl.where(mask, dt, 0.0)
+    if MERGE == 2:
+        do = do / K
+    if HAS_Z:
+        zsig = _sigmoid(zt, FAST)
+        dy = do * zt * zsig
+    else:
+        zsig = do
+        dy = do
+    return x, dt, do, dy, zsig
+
+
+@triton.jit
+def _step_outputs(ddt, du, y, u, x, do, dy, zt, zsig, Dk, mask, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """The backward's per-(channel, step) gradients from the scan's (elementwise on tiles or rows): ddelta (through
+    the softplus; 0 on padding), du (with D's term), dz, and the dD term dy * u (0 on padding)."""
+    if HAS_D:
+        du += Dk * dy
+        dd = tl.where(mask, dy * u, 0.0)
+    else:
+        dd = ddt * 0.0
+    if SOFTPLUS:
+        ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x, FAST))
+    ddt = tl.where(mask, ddt, 0.0)
+    if HAS_Z:
+        if HAS_D:
+            y += Dk * u
+        dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
+    else:
+        dz = ddt
+    return ddt, du, dz, dd
+
+
+@triton.jit
+def _step_stores(du, ddt, dz, pos, mask, du_ptr, ddl_ptr, dz_ptr, wsu_ptr, wsdl_ptr, wsz_ptr, du0, ddl0, dz0, ws0,
+                 sdu_l, sddl_l, sdz_l, sws_l, U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, HAS_Z: tl.constexpr,
+                 k: tl.constexpr, K: tl.constexpr, PAR_ROUTES: tl.constexpr):
+    """Write the backward's du, ddelta, dz at positions pos (offsets *0 of position 0): per route, or summed over
+    the routes through the workspaces (``_route_sum``) for inputs the routes share."""
+    ws_offs = ws0 + pos * sws_l
+    if U_ROUTES:
+        tl.store(du_ptr + du0 + pos * sdu_l, du.to(du_ptr.dtype.element_ty), mask=mask)
+    else:
+        _route_sum(du, wsu_ptr, ws_offs, du_ptr, du0 + pos * sdu_l, mask, k, K, PAR_ROUTES)
+    if DL_ROUTES:
+        tl.store(ddl_ptr + ddl0 + pos * sddl_l, ddt.to(ddl_ptr.dtype.element_ty), mask=mask)
+    else:
+        _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl0 + pos * sddl_l, mask, k, K, PAR_ROUTES)
+    if HAS_Z:
+        _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, dz0 + pos * sdz_l, mask, k, K, PAR_ROUTES)
+
+
+@triton.jit
+def _block_add4(row, S0, S1, S2, S3, s0, L, H, W, order_row, KIND: tl.constexpr, REV: tl.constexpr,
+                NP: tl.constexpr):
+    """Add a block's 4 steps of channel sums S_r ([NP], route order r) to their rows with one atomic over an
+    [NP, 4] tile: the compiler moves the sums to the atomic's layout once a block (a shared-memory round trip and
+    a barrier) instead of once a step and quantity."""
+    r = tl.arange(0, 4)
+    steps = s0 + (3 - r if REV else r)
+    pos = _pos_of(steps, L, H, W, order_row, KIND)
+    vals = _join4(S0, S1, S2, S3)  # [NP, 4], column r = route step r
+    tl.atomic_add(row + pos[None, :] * NP + tl.arange(0, NP)[:, None], vals, mask=(steps < L)[None, :],
+                  sem="relaxed")
+
+
+@triton.jit
 def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
              N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
              SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
     """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
-    (fewer live values than a block of 8, twice the checkpoints)."""
-    x0, x1, x2, x3 = _split4(u)
-    e0, e1, e2, e3 = _split4(dt)
-    q0, q1, q2, q3 = _split4(dy)
+    (fewer live values than a block of 8, twice the checkpoints). Tiles in and out; see ``_bblock4_rows``."""
+    ga, dA, T, V, Y = _bblock4_rows(ga, dA, ck, A2, _split4(u), _split4(dt), _split4(dy), s0, L, H, W, order_row,
+                                    b_row, c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, REV, NP,
+                                    HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
+    return ga, dA, _join4(T[0], T[1], T[2], T[3]), _join4(V[0], V[1], V[2], V[3]), _join4(Y[0], Y[1], Y[2], Y[3])
+
+
+@triton.jit
+def _bblock4_rows(ga, dA, ck, A2, U, DT, DY, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
+                  ndmask, N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
+                  SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
+    """``_bblock4`` on the block's channel rows: tuples of 4 [BD] rows (base order) of u, dt, dy in; ga, dA and
+    tuples of ddt, du (scan part), y out."""
+    x0, x1, x2, x3 = U
+    e0, e1, e2, e3 = DT
+    q0, q1, q2, q3 = DY
     if REV:  # route order within the block
         x0, x1, x2, x3 = x3, x2, x1, x0
         e0, e1, e2, e3 = e3, e2, e1, e0
@@ -973,10 +1086,13 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         steps = (_sidx(s0, 0, REV, 4), _sidx(s0, 1, REV, 4), _sidx(s0, 2, REV, 4), _sidx(s0, 3, REV, 4))
         _scatter_add4(db_row, b0, b1, b2, b3, steps, L, H, W, order_row, KIND, NP)
         _scatter_add4(dc_row, c0, c1, c2, c3, steps, L, H, W, order_row, KIND, NP)
+    elif BC_MODE == 3:
+        _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
+        _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
     if REV:
-        return ga, dA, _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
+        return ga, dA, (t3, t2, t1, t0), (v3, v2, v1, v0), (y3, y2, y1, y0)
     else:
-        return ga, dA, _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
+        return ga, dA, (t0, t1, t2, t3), (v0, v1, v2, v3), (y0, y1, y2, y3)
 
 
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
@@ -993,6 +1109,7 @@ def _seq_bwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -1037,10 +1154,8 @@ def _seq_bwd_kernel(
         order_row = order_ptr + b * sord_b + k * sord_k
         dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
         ck_row = ck_ptr + ((b * K + k) * nb * NP + en) * D_PAD + ed  # block-entry states, channels padded to tiles
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0)
-        if HAS_D:
-            Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0)
+        bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0) if HAS_BIAS else 0.0
+        Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0) if HAS_D else 0.0
         # pass 1: the state entering every block, in route order
         if HAS_INIT:
             h = _tile(tl.load(init_ptr + ((b * K + k) * Dm + ed) * N + en, mask=e_mask, other=0.0), BLOCK_D)
@@ -1063,7 +1178,7 @@ def _seq_bwd_kernel(
             if HAS_BIAS:
                 dt += bias[:, None]
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = _softplus(dt, FAST)
             dt = tl.where(m2, dt, 0.0)
             tl.store(ck_row + j * NP * D_PAD, _flat(h))
             if BS == 4:
@@ -1090,59 +1205,41 @@ def _seq_bwd_kernel(
                 _prefetch(z_ptr + b * sz_b + tl.minimum(d, Dm - 1) * sz_d + pn * sz_l, HAS_Z)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
                 _prefetch(c_row + pn * NP, SAME_GROUP)
-            s = j * BS + t
+            s0 = j * BS
+            ck = ck_row + j * NP * D_PAD
+            do_row0 = dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d * sdo_d
+            z_row0 = z_ptr + b * sz_b + d * sz_d
+            ws0 = b * sws_b + d * sws_d  # offsets of position 0
+            du0 = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d * sdu_d
+            ddl0 = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d * sddl_d
+            dz0 = b * sdz_b + d * sdz_d
+            s = s0 + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
             u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
             x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                x += bias[:, None]
-            dt = _softplus(x) if SOFTPLUS else x
-            dt = tl.where(m2, dt, 0.0)
-            do = tl.load(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d[:, None] * sdo_d
-                         + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
-            if MERGE == 2:
-                do = do / K
+            do = tl.load(do_row0[:, None] + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
             if HAS_Z:
-                zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
-                             other=0.0).to(tl.float32)
-                zsig = _sigmoid(zt)
-                dy = do * zt * zsig
+                zt = tl.load(z_row0[:, None] + pos[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
             else:
-                dy = do
+                zt = do
+            x, dt, do, dy, zsig = _step_inputs(u, x, do, zt, bias[:, None] if HAS_BIAS else bias, m2, K,
+                                               HAS_BIAS, SOFTPLUS, MERGE, HAS_Z, FAST)
             if BS == 4:
-                ga, dA, ddt, du, y = _bblock4(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 4, L, H, W,
-                                              order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
-                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
+                ga, dA, ddt, du, y = _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row,
+                                              db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k], NP,
+                                              HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
             else:
-                ga, dA, ddt, du, y = _bblock8(ga, dA, ck_row + j * NP * D_PAD, A2, u, dt, dy, j * 8, L, H, W,
-                                              order_row, b_row, c_row, db_row, dc_row, dst_row, e_mask, nd_mask, N,
-                                              KINDS[k], REVS[k], NP, HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
-            if HAS_D:
-                du += Dk[:, None] * dy
-                dD_acc += tl.sum(tl.where(m2, dy * u, 0.0), 1)
-            if SOFTPLUS:
-                ddt = tl.where(x > 20.0, ddt, ddt * _sigmoid(x))
-            ddt = tl.where(m2, ddt, 0.0)
-            if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, 1)
-            ws_offs = b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
-            du_offs = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d[:, None] * sdu_d + pos[None, :] * sdu_l
-            ddl_offs = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d[:, None] * sddl_d + pos[None, :] * sddl_l
-            if U_ROUTES:
-                tl.store(du_ptr + du_offs, du.to(du_ptr.dtype.element_ty), mask=m2)
-            else:
-                _route_sum(du, wsu_ptr, ws_offs, du_ptr, du_offs, m2, k, K, PAR_ROUTES)
-            if DL_ROUTES:
-                tl.store(ddl_ptr + ddl_offs, ddt.to(ddl_ptr.dtype.element_ty), mask=m2)
-            else:
-                _route_sum(ddt, wsdl_ptr, ws_offs, ddl_ptr, ddl_offs, m2, k, K, PAR_ROUTES)
-            if HAS_Z:
-                if HAS_D:
-                    y += Dk[:, None] * u
-                dz = do * y * zsig * (1.0 + zt * (1.0 - zsig))
-                _route_sum(dz, wsz_ptr, ws_offs, dz_ptr, b * sdz_b + d[:, None] * sdz_d + pos[None, :] * sdz_l, m2,
-                           k, K, PAR_ROUTES)
+                ga, dA, ddt, du, y = _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row,
+                                              db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k], NP,
+                                              HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
+            ddt, du, dz, dd = _step_outputs(ddt, du, y, u, x, do, dy, zt, zsig,
+                                            Dk[:, None] if HAS_D else Dk, m2, HAS_D, HAS_Z, SOFTPLUS, FAST)
+            dD_acc += tl.sum(dd, 1)
+            dbias_acc += tl.sum(ddt, 1)
+            _step_stores(du, ddt, dz, pos[None, :], m2, du_ptr, ddl_ptr, dz_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
+                         du0[:, None], ddl0[:, None], dz0[:, None], ws0[:, None], sdu_l, sddl_l, sdz_l, sws_l,
+                         U_ROUTES, DL_ROUTES, HAS_Z, k, K, PAR_ROUTES)
         tl.atomic_add(dA_ptr + ((k if A_ROUTES else 0) * Dm + ed) * N + en, _flat(dA), mask=e_mask & live,
                       sem="relaxed")
         if HAS_INIT:
@@ -1309,6 +1406,8 @@ def _natural(batch: int, K: int | None, Dm: int, L: int, dtype, device, channels
 
 
 _INTERPRETED = type(_fwd_kernel).__name__ == "InterpretedFunction"  # loaded under TRITON_INTERPRET=1: CPU tensors
+# softplus and sigmoid through the special-function unit's log2 and reciprocal (see _lg2, _rcp; compiled kernels only)
+FAST_MATH = True
 
 
 def _check(u: Tensor, *tensors: Tensor | None) -> None:
@@ -1337,7 +1436,7 @@ class _Call:
             BC_ROUTES=B.shape[1] > 1 or C.shape[1] > 1,
             X_ROUTES=(D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            MERGE=self.merge, **self.cfg.constexprs(),
+            MERGE=self.merge, FAST=FAST_MATH and not _INTERPRETED, **self.cfg.constexprs(),
         )
         # routes sharing B or C with per-route partners: expand the shared one (a stride-0 view, no copy)
         B = B.expand(-1, self.K, -1, -1, -1) if self.flags["BC_ROUTES"] and B.shape[1] == 1 else B
@@ -1418,8 +1517,11 @@ SEQ_ONE_STATE_LANES = 32
 # per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note)
 SEQ_PARTIAL_BC_MAX_NP = 1
 # backward with blocks of 4 and N > 1: a block's dB/dC channel sums as one reduce-scatter over its 4 steps
-# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes). Compiled and checked on the CPU, not timed.
+# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes; as many selects): Vim-S bf16 bwd 3705 vs 3670 µs.
 SEQ_SCATTER_BC = False
+# else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
+# quantity, each moved to the atomic's layout through shared memory behind a barrier: Vim-S bf16 bwd 3670 -> 3217 µs
+SEQ_BLOCK_BC = True
 # One route per program (the route sums through fp32 atomics, finished by the host) when a call has fewer programs
 # than this (4 per scheduler of an H100) and routes at least this long. VMamba-T s1 channels-last (768 programs of
 # 4 x 3136 steps): fwd 3.90 -> 2.61 ms, bwd 10.9 -> 9.1 ms; DPMamba intra (544, L = 250) loses: 417 -> 507 µs fwd.
@@ -1543,6 +1645,7 @@ class _SeqCall:
             A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, MERGE=self.merge, SAME_GROUP=d_per_group % lanes == 0,
             BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED, PAR_ROUTES=self.par_routes,
+            FAST=FAST_MATH and not _INTERPRETED,
         )
         self.grid = (n_tiles, self.batch, self.K if self.par_routes else 1)
 
@@ -1597,7 +1700,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     Kx = K if call.x_routes else 1
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
     scatter = SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4 and call.block_d >= 8
-    bc_mode = 1 if partial else 2 if scatter else 0  # _astep's BC_MODE
+    blocked = SEQ_BLOCK_BC and call.flags["SAME_GROUP"] and not partial and not scatter and block == 4
+    bc_mode = 1 if partial else 2 if scatter else 3 if blocked else 0  # _astep's BC_MODE
     # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
     dB, dC, dA, dD, dbias = _zeroed_views(device, None if partial else call.B.shape, None if partial else call.C.shape,
                                           (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
