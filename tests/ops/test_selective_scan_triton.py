@@ -265,6 +265,16 @@ def test_route_kinds_are_index_arithmetic():
     assert kinds(per_sample)[0] == (2,)
 
 
+def test_column_routes_longer_than_the_float_floor_read_the_table(monkeypatch):
+    """Column-major positions divide by H in fp32 (exact up to COL_MAX_L steps); longer grids take TABLE routes."""
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    monkeypatch.setattr(kernels, "COL_MAX_L", 29)
+    assert kernels._classify(directions.cross2d(6, 5).index("cpu")[0])[0] == (0, 2, 0, 2)
+    monkeypatch.setattr(kernels, "COL_MAX_L", 30)
+    assert kernels._classify(directions.cross2d(6, 5).index("cpu")[0])[0] == (0, 1, 0, 1)
+
+
 def test_kernel_family_and_lanes_choice():
     """Which kernels and how many channels per warp a call gets (the choices measured in tools/benchmark.py)."""
     from ssmzoo.ops.selective_scan import triton as kernels
