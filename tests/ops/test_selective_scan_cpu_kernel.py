@@ -28,11 +28,12 @@ def test_cpu_tensors_default_to_the_kernel(monkeypatch):
 @given(case=cases(dtype=torch.float32, lengths=(1, 7, 63, 197)))
 def test_kernel_matches_reference_fp32(case):
     """fp32 against the float64 reference (the truth): outputs and last states to 1e-5 (DESIGN's fp32 1e-4 with
-    margin), gradients (chunked's backward) to 2e-5; both layouts."""
+    margin), gradients (chunked's backward) to DESIGN's 2e-4: a short sequence's dD (a sum of dy * u over a few
+    steps) can cancel to well below its terms, and hypothesis found one at 5.8e-5; both layouts."""
     truth = run(case.to(torch.float64), "reference", states=False)
     for layout in ("channels_first", "channels_last"):
         _compare(run(case, "cpu_kernel", layout=layout, states=False), truth, 1e-5, f"cpu_kernel fp32 {layout}",
-                 same_dtype=False)
+                 same_dtype=False, grad_tol=2e-4)
 
 
 @settings(max_examples=6, deadline=None)

@@ -161,8 +161,23 @@ KNOB_PREFIXES = {
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1 (the one-state default)
     "block4": ("SEQ_ONE_STATE_BWD_BLOCK", 4),  # backward blocks of 4 steps with one state
     "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
-    "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
+    "stepbc": ("SEQ_BLOCK_BC", False),
+    "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)  # dB/dC channel sums added a step at a time (not a block's with one atomic)
 }
+
+
+def check_relayout(kernels) -> None:
+    """The channels-first <-> channels-last copy kernel: odd sizes, several tiles, transposed, sliced and
+    broadcast sources, exact."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 3, 70, 67, generator=gen).to(dtype)
+        for src in (x, x.transpose(2, 3).contiguous().transpose(2, 3), x[:, 1:, ::2], x[:, :1].expand(2, 3, 70, 67)):
+            cl = kernels._channels_last_copy(src)
+            assert cl.stride(2) == 1 and torch.equal(cl, src), "channels-last copy"
+            back = kernels._relayout(cl, torch.full(src.shape, float("nan"), dtype=dtype))
+            assert torch.equal(back, src), "copy back"
+        assert torch.equal(kernels._channels_last_copy(x[0]), x[0]), "3-d copy"
 
 
 def run_interpreted_case(case_id: str) -> None:
@@ -180,6 +195,9 @@ def run_interpreted_case(case_id: str) -> None:
             setattr(kernels, knob, saved)
     # several tiles at tiny L; backward with lanes along channels up to L = 30, along time beyond
     kernels.MAX_T, kernels.CL_STEPS, kernels.SHORT_L = 32, 8, 30
+    if case_id == "relayout":
+        check_relayout(kernels)
+        return
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
         check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
                       BF16_CASE["routes"], "channels_first", "sum", ret=False, tol=1e-2)
@@ -224,7 +242,7 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
+INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
@@ -234,7 +252,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16"] + [f"sequential:{c}" for c in SE
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
                   "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
                   "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states",
-                  "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states"])
+                  "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
+                  "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states"])
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +268,7 @@ def test_interpreted_matches_reference(interpreted_results, case_id):
 
 @pytest.mark.slow
 def test_interpreted_large_grid_every_option():
-    assert interpret(["large"])["large"] == ""
+    assert interpret(["large", "tiles:large"]) == {"large": "", "tiles:large": ""}
 
 
 def test_route_kinds_are_index_arithmetic():
@@ -394,6 +413,8 @@ GPU_KNOB_CASES = {
     "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
+    "channels-first-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "vmamba-t-s1"),
+    "33-states-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "33-states-grid"),
 }
 
 

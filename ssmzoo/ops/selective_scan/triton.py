@@ -1254,6 +1254,23 @@ def _seq_bwd_kernel(
         tl.debug_barrier()  # the next route rereads the workspaces
 
 
+@triton.jit
+def _relayout_kernel(src_ptr, dst_ptr, K, Dm, L, ss_b, ss_k, ss_d, ss_l, sd_b, sd_k, sd_d, sd_l,
+                     BD: tl.constexpr, BL: tl.constexpr):
+    """dst[b, k] = src[b, k] for (D, L) planes of any strides, a [BD, BL] tile a program. Unit strides are
+    specialised by Triton, so the tile is read along the source's contiguous axis and written along the
+    destination's, exchanged through shared memory in between."""
+    bk = tl.program_id(0).to(tl.int64)
+    b = bk // K
+    k = bk % K
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    ls = tl.program_id(2) * BL + tl.arange(0, BL)
+    m = (d < Dm)[:, None] & (ls < L)[None, :]
+    x = tl.load(src_ptr + b * ss_b + k * ss_k + d[:, None] * ss_d + ls[None, :] * ss_l, mask=m)
+    tl.store(dst_ptr + b * sd_b + k * sd_k + d[:, None] * sd_d + ls[None, :] * sd_l, x.to(dst_ptr.dtype.element_ty),
+             mask=m)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Host side: routes, configuration, launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -1560,6 +1577,9 @@ def _maxnreg(cap: int | None) -> dict:
 # sequential ones took 25.6 / 51.8 ms there (a column walk reads one element per channel row).
 SEQ_GRID_CHANNELS_LAST = True
 SEQ_GRID_CHANNELS_FIRST = False
+# Channels-first grid routes: the sequential kernels on channels-last copies (see via_channels_last)
+SEQ_GRID_VIA_CHANNELS_LAST = True
+RELAYOUT_TILE = 64
 
 
 # Forward with N > 1 and fewer 32-channel programs than this (one wave at 8 warps per SM of an H100's 132): 8 lanes,
@@ -1601,6 +1621,62 @@ def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
     if grid_sequential and all(kind in (FLAT, COL) for kind in kinds):
         return True
     return all(kind == FLAT for kind in kinds)
+
+
+def via_channels_last(kinds: tuple[int, ...], channels_last: bool) -> bool:
+    """Whether a channels-first call with grid routes runs the sequential kernels on channels-last copies of its
+    inputs (``_relayout``) rather than the tile kernels: a column walk over channels-first rows reads one element
+    a row, and the copies cost less than the tile kernels' extra time (SEQ_GRID_VIA_CHANNELS_LAST)."""
+    return (SEQ_GRID_VIA_CHANNELS_LAST and not channels_last and COL in kinds
+            and all(kind in (FLAT, COL) for kind in kinds))
+
+
+def _relayout(src: Tensor, dst: Tensor) -> Tensor:
+    """Copy src into dst: (B, K, D, L) tensors of the same shape, any strides (one kernel; torch's strided copy
+    moves a transposed bf16 tensor at a quarter of the bandwidth)."""
+    batch, K, Dm, L = src.shape
+    if src.numel():
+        _relayout_kernel[(batch * K, _cdiv(Dm, RELAYOUT_TILE), _cdiv(L, RELAYOUT_TILE))](
+            src, dst, K, Dm, L, *src.stride(), *dst.stride(), BD=RELAYOUT_TILE, BL=RELAYOUT_TILE, num_warps=4)
+    return dst
+
+
+def _channels_last_copy(x: Tensor | None) -> Tensor | None:
+    """A (B, K, D, L) or (B, D, L) tensor copied to channels-last storage (the same logical view)."""
+    if x is None:
+        return None
+    x4 = x if x.dim() == 4 else x.unsqueeze(1)
+    y = _relayout(x4, torch.empty(x4.shape[:2] + x4.shape[2:][::-1], dtype=x.dtype, device=x.device).transpose(2, 3))
+    return y if x.dim() == 4 else y.squeeze(1)
+
+
+def _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
+                                   return_last_state, return_states, out_dtype):
+    """``_seq_forward`` of a channels-first call on channels-last copies; y copied back to channels-first."""
+    y, last, states = _seq_forward(_channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
+                                   _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge,
+                                   True, return_last_state, return_states, out_dtype)
+    per_route = merge == "none"
+    out, out_view = _natural(y.shape[0], y.shape[2] if per_route else None, u.shape[2], u.shape[3], y.dtype, u.device,
+                             False)
+    _relayout(_canonical_dy(y, 0 if per_route else 1, True), out_view)
+    return out, last, states
+
+
+def _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
+                                    delta_softplus, merge):
+    """``_seq_backward`` of a channels-first call on channels-last copies; du, ddelta, dz copied back."""
+    per_route = merge == "none"
+    dy_cl, dy_cl_view = _natural(dy.shape[0], dy.shape[1] if per_route else None, u.shape[2], u.shape[3], dy.dtype,
+                                 dy.device, True)
+    _relayout(_canonical_dy(dy, 0 if per_route else 1, False), dy_cl_view)
+    grads = _seq_backward(dy_cl, dlast, dstates, _channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
+                          _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge, True)
+    grads[0] = _relayout(grads[0], _like(u))
+    grads[1] = _relayout(grads[1], _like(delta))
+    if z is not None:
+        grads[6] = _relayout(grads[6].unsqueeze(1), _like(z).unsqueeze(1)).squeeze(1)
+    return grads
 
 
 def parallel_routes(K: int, programs: int, L: int) -> bool:
@@ -1772,6 +1848,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                       delta_softplus, merge, channels_last, return_last_state, return_states,
                                       out_dtype)
     _check(u, delta, B, C, z)
+    if via_channels_last(route_kinds(order)[0], channels_last):
+        return _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_state, order,
+                                              delta_softplus, merge, return_last_state, return_states, out_dtype)
     if sequential(route_kinds(order)[0], channels_last):
         return _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
                             channels_last, return_last_state, return_states, out_dtype)
@@ -1802,6 +1881,9 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                initial_state, order, inverse, delta_softplus, merge, channels_last,
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
+    if via_channels_last(route_kinds(order)[0], channels_last):
+        return _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                               order, delta_softplus, merge)
     if sequential(route_kinds(order)[0], channels_last):
         return _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                              delta_softplus, merge, channels_last)
