@@ -158,11 +158,11 @@ KNOB_PREFIXES = {
     "fwd32": ("SEQ_FWD_FEW_PROGRAMS", 0),  # forward: 32 lanes whatever the number of programs
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route sums through atomics
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
-    "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1 (the one-state default)
-    "block4": ("SEQ_ONE_STATE_BWD_BLOCK", 4),  # backward blocks of 4 steps with one state
+    "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
+    "block8one": ("SEQ_ONE_STATE_BWD_BLOCK", 8),  # backward blocks of 8 steps with one state
     "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
-    "stepbc": ("SEQ_BLOCK_BC", False),
-    "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)  # dB/dC channel sums added a step at a time (not a block's with one atomic)
+    "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
+    "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
 }
 
 
@@ -248,7 +248,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout"] + [f"sequential:{c}"
                   "parallel:cross2d-channels-last-per-route-out",
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
                   "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",
-                  "block8:bwd16:bidi-whole-channel-tiles", "block4:cross2d-channels-last-per-route-out",
+                  "block8:bwd16:bidi-whole-channel-tiles", "block8one:cross2d-channels-last-per-route-out",
+                  "block8one:partial:cross2d-channels-last-per-route-out",
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
                   "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
                   "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states",
@@ -413,6 +414,8 @@ GPU_KNOB_CASES = {
     "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
     "one-route-per-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-intra"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
+    "one-state-dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 1, "vmamba-t-s1-channels-last"),
+    "one-state-blocks-of-8": ("SEQ_ONE_STATE_BWD_BLOCK", 8, "vmamba-t-s1-channels-last"),
     "channels-first-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "vmamba-t-s1"),
     "33-states-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "33-states-grid"),
 }

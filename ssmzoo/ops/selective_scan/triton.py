@@ -1538,8 +1538,9 @@ SEQ_BWD_LANES = 8
 # fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per channel), H100.
 SEQ_ONE_STATE_LANES = 32
 # backward with up to this many states: each channel tile stores its dB, dC rows and the host sums them (no atomics
-# per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note)
-SEQ_PARTIAL_BC_MAX_NP = 1
+# per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note).
+# Off since a block of 4 steps adds its sums with one atomic (one state: VMamba-T s1 channels-last 5249 -> 4764 µs)
+SEQ_PARTIAL_BC_MAX_NP = 0
 # backward with blocks of 4 and N > 1: a block's dB/dC channel sums as one reduce-scatter over its 4 steps
 # (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes; as many selects): Vim-S bf16 bwd 3705 vs 3670 µs.
 SEQ_SCATTER_BC = False
@@ -1562,9 +1563,11 @@ SEQ_ONE_STATE_FWD_MAXNREG = 80
 SEQ_ONE_STATE_BWD_MAXNREG = 168
 # Backward blocks of 4 steps (recomputed once from their own checkpoint, all 4 states kept: fewer live values) or of
 # 8 (states recomputed in two halves, half the checkpoints, (B, K, L/8, N, D) fp32). N > 1: 4 (Vim-S bwd 4397 ->
-# 3747 µs, DPMamba inter 1217 -> 1105); one state: 8 (VMamba-T s1 channels-last 5591 vs 6129 µs). H100 bf16.
+# 3747 µs, DPMamba inter 1217 -> 1105); one state: 4 as well since a block's dB/dC go out with one atomic
+# (_block_add4; VMamba-T s1 channels-last 5249 -> 4764 µs; with per-tile rows, blocks of 8 won: 5591 vs 6129).
+# H100, bf16.
 SEQ_BWD_BLOCK = 4
-SEQ_ONE_STATE_BWD_BLOCK = 8
+SEQ_ONE_STATE_BWD_BLOCK = 4
 
 
 def _maxnreg(cap: int | None) -> dict:
