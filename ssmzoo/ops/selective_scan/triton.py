@@ -971,7 +971,7 @@ def _scatter_add4(row, P0, P1, P2, P3, steps, L, H, W, order_row, KIND: tl.const
 @triton.jit
 def _step_inputs(u, x, do, zt, bias, mask, K: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                  MERGE: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr):
-    """The backward's per-(channel, step) inputs, elementwise on tiles or rows: from u, delta (x), the output's
+    """The backward's per-(channel, step) inputs, elementwise on [BD, BS] tiles: from u, delta (x), the output's
     gradient (do) and z, return x + bias, dt (0 on padding), do (over K for a mean), dy (through the gate) and the
     gate's sigmoid."""
     if HAS_BIAS:
@@ -992,7 +992,7 @@ def _step_inputs(u, x, do, zt, bias, mask, K: tl.constexpr, HAS_BIAS: tl.constex
 @triton.jit
 def _step_outputs(ddt, du, y, u, x, do, dy, zt, zsig, Dk, mask, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                   SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
-    """The backward's per-(channel, step) gradients from the scan's (elementwise on tiles or rows): ddelta (through
+    """The backward's per-(channel, step) gradients from the scan's (elementwise on tiles): ddelta (through
     the softplus; 0 on padding), du (with D's term), dz, and the dD term dy * u (0 on padding)."""
     if HAS_D:
         du += Dk * dy
@@ -1049,22 +1049,10 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
              N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
              SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
     """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
-    (fewer live values than a block of 8, twice the checkpoints). Tiles in and out; see ``_bblock4_rows``."""
-    ga, dA, T, V, Y = _bblock4_rows(ga, dA, ck, A2, _split4(u), _split4(dt), _split4(dy), s0, L, H, W, order_row,
-                                    b_row, c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, REV, NP,
-                                    HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
-    return ga, dA, _join4(T[0], T[1], T[2], T[3]), _join4(V[0], V[1], V[2], V[3]), _join4(Y[0], Y[1], Y[2], Y[3])
-
-
-@triton.jit
-def _bblock4_rows(ga, dA, ck, A2, U, DT, DY, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
-                  ndmask, N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-                  SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
-    """``_bblock4`` on the block's channel rows: tuples of 4 [BD] rows (base order) of u, dt, dy in; ga, dA and
-    tuples of ddt, du (scan part), y out."""
-    x0, x1, x2, x3 = U
-    e0, e1, e2, e3 = DT
-    q0, q1, q2, q3 = DY
+    (fewer live values than a block of 8, twice the checkpoints)."""
+    x0, x1, x2, x3 = _split4(u)
+    e0, e1, e2, e3 = _split4(dt)
+    q0, q1, q2, q3 = _split4(dy)
     if REV:  # route order within the block
         x0, x1, x2, x3 = x3, x2, x1, x0
         e0, e1, e2, e3 = e3, e2, e1, e0
@@ -1093,9 +1081,9 @@ def _bblock4_rows(ga, dA, ck, A2, U, DT, DY, s0, L, H, W, order_row, b_row, c_ro
         _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
         _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
     if REV:
-        return ga, dA, (t3, t2, t1, t0), (v3, v2, v1, v0), (y3, y2, y1, y0)
+        return ga, dA, _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
     else:
-        return ga, dA, (t0, t1, t2, t3), (v0, v1, v2, v3), (y0, y1, y2, y3)
+        return ga, dA, _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
 
 
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
