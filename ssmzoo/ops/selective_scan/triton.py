@@ -7,20 +7,22 @@ order (Bi, K, L), any strides, natural (spatial) positions. Nothing is copied in
 Two kernel families share the contract:
 
 - Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; and grid routes in the
-  channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``): one
+  channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``;
+  channels-first grid routes run them on channels-last copies, ``via_channels_last``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
   registers (the backward splits N over four lane groups, 8 channels a warp, and so does the forward when a call
   has too few programs to fill the GPU; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps
   are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
-  (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``; one
-  state: blocks of 8 recomputed in two halves), summing dB/dC over the warp's channels before one atomic add per
-  (step, state) (with one state: a plain store to the tile's own row, summed over tiles by the host). The forward
+  (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
+  summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
+  (``_block_add4``). The forward
   exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
   routes one after the other and merges them through a program-private fp32 workspace; when a call has too few
   programs to fill the GPU and long routes (VMamba), each route gets its own program and the merge goes through
   fp32 atomics that the host finishes (mean, gate, cast).
-- Tile kernels (channels-first grid routes: VMamba's column-major walks; permutations), described below.
+- Tile kernels (TABLE routes: permutations, per-sample routes; channels-first grid routes when
+  ``SEQ_GRID_VIA_CHANNELS_LAST`` is off), described below.
 
 How the tile kernels split the work:
 
@@ -46,16 +48,17 @@ How the tile kernels split the work:
   summed over routes through the same workspace scheme.
 - B and C are staged once per call as zero-padded fp32 rows when N >= STAGE_MIN_N (they are N / D the size of u).
 
-All arithmetic is fp32 (exp and log via exp2/log2); inputs may be fp32, fp16 or bf16; outputs are written in the
-requested dtype. float64 calls (tests, gradcheck) go to the chunked path.
+All arithmetic is fp32 (exp and log via exp2/log2; in compiled kernels softplus and sigmoid take the special-function
+unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; outputs are written in the requested
+dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
-Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-23): VMamba-T s1 17.3x the floor
-channels-first (tile kernels), 8.8x channels-last (sequential kernels, one route per program); Vim-S 11.2x, DPMamba-M
-intra 15.9x, inter 17.4x (sequential kernels). ncu on Vim-S: both sequential kernels use 255 registers (12.5 %
-occupancy, 2 warps per scheduler) and wait on L1TEX loads (about half of their 5.4 / 6.7 cycles per issued
-instruction); the backward also spills and issues in 28 % of cycles. The tile kernels on VMamba-T s1: the forward
-moves ~10 GB at 1.87 TB/s (route-sum workspace round trips and column walks over channels-first rows), the backward
-is latency-bound at 190 registers (2 warps per scheduler). The knobs below record what was measured for each choice.
+Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-23; README for the table):
+VMamba-T s1 10.1x the floor channels-first (copies + sequential kernels), 7.8x channels-last; Vim-S 8.2x,
+DPMamba-M intra 11.9x, inter 13.1x (host-bound: their kernels alone 11.5x and 7.6x). ncu on Vim-S: the backward
+(168 registers, no spill, 12 warps per SM) issues 0.41 instructions per scheduler and cycle with 58 % of cycles
+with no eligible warp: latency-bound; the forward (255 registers, 2 warps per scheduler) 0.30. VMamba
+channels-last's forward keeps DRAM 71 % busy with the four routes' fp32 atomic sums. The knobs below record what
+was measured for each choice.
 """
 
 from __future__ import annotations
@@ -1564,11 +1567,12 @@ def _maxnreg(cap: int | None) -> dict:
 
 # Channels-last grid routes (VMamba's model path) run the sequential kernels: a warp's loads are coalesced along
 # channels whatever the route; measured faster than the tile kernels there (fwd 3.9 vs 5.0 ms, bwd 11.7 vs 12.7 ms,
-# VMamba-T s1 bf16, H100, before the one-route programs). Channels-first grid routes keep the tile kernels: the
-# sequential ones took 25.6 / 51.8 ms there (a column walk reads one element per channel row).
+# VMamba-T s1 bf16, H100, before the one-route programs). On channels-first strides the sequential kernels took
+# 25.0 / 50.3 ms (a column walk reads one element per channel row): those calls take copies instead (below).
 SEQ_GRID_CHANNELS_LAST = True
 SEQ_GRID_CHANNELS_FIRST = False
-# Channels-first grid routes: the sequential kernels on channels-last copies (see via_channels_last)
+# Channels-first grid routes: the sequential kernels on channels-last copies (see via_channels_last): VMamba-T s1
+# bf16 fwd+bwd 13351 -> 9292 µs vs the tile kernels (fp32 16249 -> 11703), H100
 SEQ_GRID_VIA_CHANNELS_LAST = True
 RELAYOUT_TILE = 64
 
@@ -1605,9 +1609,9 @@ def _zeroed_views(device, *shapes) -> list[Tensor | None]:
 
 
 def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
-    """Whether a call runs the sequential kernels: every route is 1-D storage order or its reverse (Vim, Mamba,
-    dual-path), or channels-last grid routes (VMamba's model path). Channels-first grid routes keep the tile
-    kernels, faster there (issue #4 notes)."""
+    """Whether a call runs the sequential kernels directly: every route is 1-D storage order or its reverse (Vim,
+    Mamba, dual-path), or channels-last grid routes (VMamba's model path). Channels-first grid routes go through
+    channels-last copies (``via_channels_last``) or, with that off, the tile kernels."""
     grid_sequential = SEQ_GRID_CHANNELS_LAST if channels_last else SEQ_GRID_CHANNELS_FIRST
     if grid_sequential and all(kind in (FLAT, COL) for kind in kinds):
         return True
