@@ -8,7 +8,8 @@ of issue #4. For each shape it prints forward, backward and forward+backward tim
 median, L2 flushed between runs), the achieved bandwidth counted on the minimal bytes, the physical floor
 (shared/reference/kernels.md section 4: max of memory, FP32 and MUFU time at the H100's measured ceilings) and
 the time over that floor, next to the chunked PyTorch path and, when importable, mamba_ssm's CUDA kernel
-(``mamba_cuda_scan``: one call per route, as VMamba and Vim glue it).
+(``mamba_cuda_scan``: one call per route, as VMamba and Vim glue it), and the memory a forward and backward
+allocate beyond their inputs (``f+b MiB``: peak, with the output and the gradients).
 Activations and the output are in the benchmarked dtype (``out_dtype``), as a model would call the op.
 """
 from __future__ import annotations
@@ -119,8 +120,24 @@ def _fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> dict[str, float]:
     return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
 
 
+def peak_mib(forward, leaves: list[torch.Tensor]) -> float:
+    """MiB a forward and backward allocate beyond what is allocated before it (its inputs): the peak of the
+    activations saved for the backward, the kernels' workspaces and copies, the output and the gradients."""
+    out = forward()
+    grad = torch.randn_like(out)
+    del out
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    grads = torch.autograd.grad(forward(), leaves, grad)
+    torch.cuda.synchronize()
+    del grads
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def time_backend(backend: str, kw: dict) -> dict[str, float]:
-    """Median µs of forward, backward (given the forward's graph) and both, plus the first call (compiles)."""
+    """Median µs of forward, backward (given the forward's graph) and both, plus the first call (compiles) and the
+    peak memory of a forward and backward."""
     os.environ["SSMZOO_BACKEND"] = backend
     leaves = [x for x in kw.values() if isinstance(x, torch.Tensor)]
     start = time.perf_counter()
@@ -128,7 +145,9 @@ def time_backend(backend: str, kw: dict) -> dict[str, float]:
     torch.autograd.grad(out, leaves, torch.randn_like(out))
     torch.cuda.synchronize()
     first = time.perf_counter() - start
-    return dict(_fwd_bwd_us(lambda: selective_scan(**kw), leaves), first_s=first)
+    del out
+    forward = lambda: selective_scan(**kw)  # noqa: E731
+    return dict(_fwd_bwd_us(forward, leaves), first_s=first, peak_mib=peak_mib(forward, leaves))
 
 
 class _MambaCudaRoute(torch.autograd.Function):
@@ -214,7 +233,7 @@ def bench_ops(args: argparse.Namespace) -> int:
         mamba, note = None, "mamba_ssm selective_scan_cuda: channels-first only; not timed"
     print(note)
     header = (f"{'shape':18} {'dtype':5} {'fwd µs':>8} {'bwd µs':>8} {'f+b µs':>8} {'GB/s':>6} {'floor µs':>9} "
-              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10}"
+              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10} {'f+b MiB':>8}"
               + (f" {'mamba f/b/f+b µs':>20} {'vs mamba':>8}" if mamba is not None else ""))
     print(header)
     for dtype_name in args.dtype:
@@ -235,7 +254,8 @@ def bench_ops(args: argparse.Namespace) -> int:
                 peer_txt = (f" {peer['fwd']:6.0f}/{peer['bwd']:6.0f}/{peer['total']:6.0f}"
                             f" {peer['total'] / tri['total']:7.1f}x")
             print(f"{name:18} {dtype_name:5} {tri['fwd']:8.0f} {tri['bwd']:8.0f} {tri['total']:8.0f} {gbps:6.0f} "
-                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f}{peer_txt}")
+                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f} {tri['peak_mib']:8.0f}"
+                  f"{peer_txt}")
             del kw
             torch.cuda.empty_cache()
     return 0
