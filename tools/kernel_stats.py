@@ -121,7 +121,7 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     K = kw["routes"].K
     lanes = {which: kernels._seq_lanes(ref.states, which, ref.batch, ref.channels) for which in ("fwd", "bwd")}
     tiles = {which: ref.batch * kernels._cdiv(ref.channels, lanes[which]) for which in lanes}
-    par = {which: kernels.parallel_routes(K, tiles[which], ref.L) for which in lanes}
+    par = {which: kernels.parallel_routes(K, ref.L) for which in lanes}
     programs = {f"_seq_{which}_kernel": tiles[which] * (K if par[which] else 1) for which in lanes}
     choose, parallel = kernels._seq_lanes, kernels.parallel_routes
 

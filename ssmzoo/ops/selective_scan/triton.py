@@ -68,7 +68,6 @@ import os
 import weakref
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -228,10 +227,11 @@ def _load_bc(ptrs, tmask, m3, SAME_GROUP: tl.constexpr, PADDED: tl.constexpr):
 def _route_sum(val, ws_ptr, ws_offs, out_ptr, out_offs, mask, k: tl.constexpr, K: tl.constexpr,
                PAR_ROUTES: tl.constexpr = False):
     """Sum a tile over the K routes of this program: routes 0..K-2 leave the running sum in the fp32 workspace,
-    route K-1 adds it and writes the total in the output's dtype. With routes in parallel programs every route adds
-    into the (zeroed) workspace, which the host then copies to the output."""
+    route K-1 adds it and writes the total in the output's dtype. With routes in parallel programs every route
+    stores its own tile into its plane of the workspace (ws_offs include the route's offset; the result's dtype)
+    and the host sums the planes (``_merge_routes``)."""
     if PAR_ROUTES and K > 1:
-        tl.atomic_add(ws_ptr + ws_offs, val, mask=mask, sem="relaxed")
+        tl.store(ws_ptr + ws_offs, val.to(ws_ptr.dtype.element_ty), mask=mask)
     else:
         if k > 0:
             val += tl.load(ws_ptr + ws_offs, mask=mask, other=0.0)
@@ -667,7 +667,7 @@ def _seq_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr,
     out_ptr, ws_ptr, last_ptr, states_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
-    sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_d, sws_l,
+    sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_k, sws_d, sws_l,
     sord_b, sord_k,
     L, H, W, Dm, N, n_sub, d_per_group, one,
     K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
@@ -741,9 +741,9 @@ def _seq_fwd_kernel(
                             REVS[k], NP, RET_STATES)
             if HAS_D:
                 y += Dk[:, None] * u
-            ws = ws_ptr + b * sws_b + d[:, None] * sws_d + pos[None, :] * sws_l
-            if PAR_ROUTES and MERGE != 0 and K > 1:
-                tl.atomic_add(ws, y, mask=m2, sem="relaxed")
+            ws = ws_ptr + b * sws_b + k * sws_k + d[:, None] * sws_d + pos[None, :] * sws_l
+            if PAR_ROUTES and MERGE != 0 and K > 1:  # this route's plane (sws_k); the host sums the routes
+                tl.store(ws, y.to(ws_ptr.dtype.element_ty), mask=m2)
             elif MERGE == 0 or k == K - 1:
                 if MERGE != 0 and K > 1:
                     y += tl.load(ws, mask=m2, other=0.0)
@@ -1095,7 +1095,7 @@ def _seq_bwd_kernel(
     ck_ptr, du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, dinit_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
     sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, sdo_b, sdo_k, sdo_d, sdo_l, sord_b, sord_k,
-    sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_d, sws_l,
+    sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_k, sws_d, sws_l,
     L, H, W, Dm, N, n_sub, d_per_group, one, D_PAD,
     K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
@@ -1203,7 +1203,7 @@ def _seq_bwd_kernel(
             ck = ck_row + j * NP * D_PAD
             do_row0 = dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d * sdo_d
             z_row0 = z_ptr + b * sz_b + d * sz_d
-            ws0 = b * sws_b + d * sws_d  # offsets of position 0
+            ws0 = b * sws_b + k * sws_k + d * sws_d  # offsets of position 0 (sws_k: 0 unless PAR_ROUTES)
             du0 = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d * sdu_d
             ddl0 = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d * sddl_d
             dz0 = b * sdz_b + d * sdz_d
@@ -1260,6 +1260,28 @@ def _relayout_kernel(src_ptr, dst_ptr, K, Dm, L, ss_b, ss_k, ss_d, ss_l, sd_b, s
     x = tl.load(src_ptr + b * ss_b + k * ss_k + d[:, None] * ss_d + ls[None, :] * ss_l, mask=m)
     tl.store(dst_ptr + b * sd_b + k * sd_k + d[:, None] * sd_d + ls[None, :] * sd_l, x.to(dst_ptr.dtype.element_ty),
              mask=m)
+
+
+@triton.jit
+def _merge_routes_kernel(p_ptr, z_ptr, out_ptr, Dm, L, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                         K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr,
+                         BD: tl.constexpr, BL: tl.constexpr):
+    """out[b] = the K route planes p[b, k] summed in fp32 (divided by K for a mean, gated by silu(z)), a [BD, BL]
+    tile of (D, L) a program, read and written along the layout's contiguous axis (unit strides are specialised)."""
+    b = tl.program_id(2).to(tl.int64)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    ls = tl.program_id(0) * BL + tl.arange(0, BL)
+    m = (d < Dm)[:, None] & (ls < L)[None, :]
+    offs = d[:, None] * sp_d + ls[None, :] * sp_l
+    acc = tl.zeros([BD, BL], tl.float32)
+    for k in tl.static_range(K):
+        acc += tl.load(p_ptr + b * sp_b + k * sp_k + offs, mask=m, other=0.0).to(tl.float32)
+    if MEAN:
+        acc = acc / K
+    if HAS_Z:
+        zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + ls[None, :] * sz_l, mask=m, other=0.0).to(tl.float32)
+        acc = acc * zt * _sigmoid(zt, FAST)
+    tl.store(out_ptr + b * so_b + d[:, None] * so_d + ls[None, :] * so_l, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1538,11 +1560,11 @@ SEQ_SCATTER_BC = False
 # else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
 # quantity, each moved to the atomic's layout through shared memory behind a barrier: Vim-S bf16 bwd 3670 -> 3217 µs
 SEQ_BLOCK_BC = True
-# One route per program (the route sums through fp32 atomics, finished by the host) when a call has fewer programs
-# than this (4 per scheduler of an H100) and routes at least this long. VMamba-T s1 channels-last (768 programs of
-# 4 x 3136 steps): fwd 3.90 -> 2.61 ms, bwd 10.9 -> 9.1 ms; DPMamba intra (544, L = 250) loses: 417 -> 507 µs fwd.
-SEQ_PAR_ROUTES_BELOW = 2112
-SEQ_PAR_ROUTES_MIN_L = 1024
+# One route per program (each route stores its own plane, _route_planes; one kernel sums them) for routes at least
+# this long. H100 bf16 fwd+bwd µs, all routes in a program -> one a program: VMamba-T s1 channels-last (768 programs
+# of 4 x 3136 steps) 11.1 -> 6.2 ms; Vim-S (L = 197) 3758 -> 3601; DPMamba intra (L = 250) kernels 1164 -> 963;
+# DPMamba inter (L = 34) loses: 1331-1573 -> 1933 (host-bound: one more launch, no kernel gain). Issue #4 notes.
+SEQ_PAR_ROUTES_MIN_L = 128
 SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
@@ -1636,6 +1658,19 @@ def _relayout(src: Tensor, dst: Tensor) -> Tensor:
     return dst
 
 
+def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: bool = False) -> Tensor:
+    """out (B, D, L) = the sum of parts (B, K, D, L) over routes (a mean when asked, gated by silu(z) (B, D, L));
+    any strides, one kernel."""
+    batch, K, Dm, L = parts.shape
+    zs = z.stride() if z is not None else (0, 0, 0)
+    if out.numel():
+        _merge_routes_kernel[(_cdiv(L, RELAYOUT_TILE), _cdiv(Dm, RELAYOUT_TILE), batch)](
+            parts, parts if z is None else z, out, Dm, L, *parts.stride(), *zs, *out.stride(), K=K, MEAN=mean,
+            HAS_Z=z is not None, FAST=FAST_MATH and not _INTERPRETED, BD=RELAYOUT_TILE, BL=RELAYOUT_TILE,
+            num_warps=4)
+    return out
+
+
 def _channels_last_copy(x: Tensor | None) -> Tensor | None:
     """A (B, K, D, L) or (B, D, L) tensor copied to channels-last storage (the same logical view)."""
     if x is None:
@@ -1674,12 +1709,18 @@ def _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z,
     return grads
 
 
-def parallel_routes(K: int, programs: int, L: int) -> bool:
-    """Whether the sequential kernels give each route its own program: when a call has too few programs for the GPU
-    (each walking its K long routes one after the other). The route sums then go through fp32 atomics, whose order
-    varies from run to run, so not under ``torch.use_deterministic_algorithms(True)``."""
-    return (K > 1 and programs < SEQ_PAR_ROUTES_BELOW and L >= SEQ_PAR_ROUTES_MIN_L
-            and not torch.are_deterministic_algorithms_enabled())
+def parallel_routes(K: int, L: int) -> bool:
+    """Whether the sequential kernels give each route its own program (K times the programs, each walking one
+    route instead of K one after the other): for long enough routes. The routes' tiles are then stored per route
+    and summed by ``_merge_routes`` in a fixed order (deterministic)."""
+    return K > 1 and L >= SEQ_PAR_ROUTES_MIN_L
+
+
+def _route_planes(batch: int, K: int, Dm: int, L: int, dtype, device, channels_last: bool) -> Tensor:
+    """The per-route planes a one-route-per-program call stores (canonical (B, K, D, L) view, natural layout) in the
+    result's dtype: bf16 planes move a quarter of the bytes of fp32 atomics into a zeroed workspace (VMamba-T s1
+    channels-last bf16 fwd 2058 -> 1617 µs, bwd 4691 -> 4549; fp32 planes 2035 / 4905). H100, issue #4 note."""
+    return _natural(batch, K, Dm, L, dtype, device, channels_last)[1]
 
 
 def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
@@ -1717,7 +1758,7 @@ class _SeqCall:
         d_per_group = self.Dm // self.G
         self.sizes = (self.L, self.H, self.W, self.Dm, self.N, self.n_sub, d_per_group, 1)
         n_tiles = _cdiv(self.Dm, lanes)
-        self.par_routes = parallel_routes(self.K, self.batch * n_tiles, self.L)
+        self.par_routes = parallel_routes(self.K, self.L)
         self.flags = dict(
             K=self.K, KINDS=kinds, REVS=revs, U_ROUTES=self.Ku > 1, DL_ROUTES=delta.shape[1] > 1,
             A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
@@ -1745,8 +1786,13 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
                              channels_last)
     merged = call.merge and K > 1
-    ws = _workspace(batch, Dm, L, device, channels_last, zeroed=call.par_routes) if merged else None
-    ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
+    planes = merged and call.par_routes  # one plane a route, summed below; else one fp32 running sum
+    if planes:
+        ws = _route_planes(batch, K, Dm, L, out.dtype, device, channels_last)
+    else:
+        ws = _workspace(batch, Dm, L, device, channels_last) if merged else None
+    ws_strides = (ws.stride(0), ws.stride(1) if planes else 0, ws.stride(2), ws.stride(3)) if ws is not None \
+        else (0, 0, 0, 0)
     last = _new((batch, K, Dm, N), torch.float32, device) if return_last_state else None
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
     init = initial_state.contiguous() if initial_state is not None else None
@@ -1757,9 +1803,8 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
         RET_STATES=return_states, **call.flags, num_warps=1,
         **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
-    if call.par_routes and merged:  # the kernels left the route sum in the workspace: mean, gate, cast
-        y = ws[:, 0] / K if call.merge == 2 else ws[:, 0]
-        out_view[:, 0].copy_(y * F.silu(z.float()) if z is not None else y)
+    if planes:  # sum, mean, gate and cast in one kernel
+        _merge_routes(ws, out_view[:, 0], z, call.merge == 2)
     return out, last, states
 
 
@@ -1787,10 +1832,15 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     if partial:  # every tile stores its own dB, dC rows (no atomics); summed over a group's tiles below
         dB, dC = (_new((batch, K, call.grid[0], call.n_sub * 8, call.NP), torch.float32, device) for _ in range(2))
     dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
-    wsu, wsdl, wsz = (_workspace(batch, Dm, L, device, channels_last, zeroed=call.par_routes) if K > 1 and shared
-                      else None for shared in (u.shape[1] == 1, delta.shape[1] == 1, z is not None))
-    ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None),
-                      (0, 0, 0))
+    # gradients of inputs the routes share: summed over routes in an fp32 workspace, or (one route per program) one
+    # plane a route in the gradient's dtype, summed below
+    shared = ((u.shape[1] == 1, u.dtype), (delta.shape[1] == 1, delta.dtype),
+              (z is not None, z.dtype if z is not None else None))
+    wsu, wsdl, wsz = ((_route_planes(batch, K, Dm, L, dtype, device, channels_last) if call.par_routes
+                       else _workspace(batch, Dm, L, device, channels_last)) if K > 1 and routes_share else None
+                      for routes_share, dtype in shared)
+    ws_strides = next(((w.stride(0), w.stride(1) if call.par_routes else 0, w.stride(2), w.stride(3))
+                       for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0, 0))
     init = initial_state.contiguous() if initial_state is not None else None
     dlast = dlast.contiguous() if dlast is not None else None
     dstates = dstates.contiguous() if dstates is not None else None
@@ -1804,10 +1854,10 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
-    if call.par_routes:  # sums over routes were added into the workspaces: cast them into the gradients
+    if call.par_routes:  # the route planes of shared inputs' gradients: summed into the gradients
         for ws, grad in ((wsu, du), (wsdl, ddelta), (wsz, None if dz is None else dz.unsqueeze(1))):
             if ws is not None:
-                grad.copy_(ws)
+                _merge_routes(ws, grad[:, 0])
     if partial:  # (B, K, tiles, Lp, NP) -> (B, K, G, Lp, NP): sum the tiles of each group
         dB, dC = (g[:, :, :, :L].unflatten(2, (call.G, -1)).sum(3) for g in (dB, dC))
 
@@ -1820,10 +1870,9 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
             dD, dz, dbias, dinit]
 
 
-def _workspace(batch: int, Dm: int, L: int, device, channels_last: bool, zeroed: bool = False) -> Tensor:
+def _workspace(batch: int, Dm: int, L: int, device, channels_last: bool) -> Tensor:
     """An fp32 natural-layout (B, D, L) workspace, as its canonical (B, 1, D, L) view."""
-    view = _natural(batch, None, Dm, L, torch.float32, device, channels_last)[1]
-    return view.zero_() if zeroed else view
+    return _natural(batch, None, Dm, L, torch.float32, device, channels_last)[1]
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
