@@ -135,6 +135,9 @@ CASES.append(("bidi-whole-channel-tiles", dict(batch=2, Dm=32, N=4, G=1, spatial
 # host sums per group.
 CASES.append(("bidi-groups-of-whole-tiles", dict(batch=1, Dm=32, N=4, G=2, spatial=(19,), routes=directions.bidi(19),
                                                  per_route_u=True, per_route_bc=False), "sum"))
+# One state over more channels than a forward program's 64 (a partial second tile), channels-last grid routes.
+CASES.append(("cross2d-one-state-70-channels", dict(batch=1, Dm=70, N=1, G=1, spatial=(4, 3),
+                                                    routes=directions.cross2d(4, 3), layout="channels_last"), "mean"))
 # The contract's largest states: 64 (a channel's states over 4 threads in the backward and the tiny call's forward,
 # all in one thread with the forward's 32 lanes: `fwd32:`), and a non-power of two above 32 in the tile kernels.
 CASES.append(("bidi-64-states", dict(batch=1, Dm=8, N=64, G=1, spatial=(13,), routes=directions.bidi(13),
@@ -162,6 +165,11 @@ KNOB_PREFIXES = {
     "block8one": ("SEQ_ONE_STATE_BWD_BLOCK", 8),  # backward blocks of 8 steps with one state
     "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
     "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
+    "nopipe": ("SEQ_BWD_PIPELINE", False),  # backward second pass: a block's tiles read when used, not one block early
+    "nopipe1": ("SEQ_BWD_PIPELINE_PASS1", False),  # backward first pass: the same
+    "nofwdpipe": ("SEQ_FWD_PIPELINE", False),  # forward with N > 1: the same
+    "fwdpipe1": ("SEQ_ONE_STATE_FWD_PIPELINE", True),  # forward with one state: tiles one block early
+    "fwd32one": ("SEQ_ONE_STATE_FWD_LANES", 32),  # forward with one state: 32 channels a warp (not 64)
     "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
 }
 
@@ -274,7 +282,9 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes"] + [f
                   "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
                   "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states",
                   "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
-                  "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states"])
+                  "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
+                  "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
+                  "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels"])
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +335,8 @@ def test_kernel_family_and_lanes_choice():
     assert kernels.sequential(grid, channels_last=True) and not kernels.sequential(grid)
     lanes = kernels._seq_lanes
 
-    assert lanes(1, "bwd", 128, 192) == 32 and lanes(1, "fwd", 2, 192) == 32  # one state: one thread a channel
+    assert lanes(1, "bwd", 128, 192) == 32  # one state: one thread a channel in the backward
+    assert lanes(1, "fwd", 2, 192) == 64  # two a thread in the forward (whole 128-byte rows of bf16)
     assert lanes(16, "fwd", 128, 768) == lanes(16, "fwd", 250, 512) == 32  # Vim-S, DPMamba inter: enough programs
     assert lanes(16, "fwd", 34, 512) == 8  # DPMamba intra: 544 programs of 32 channels would leave half the GPU idle
     assert lanes(16, "bwd", 128, 768) == lanes(64, "bwd", 1, 64) == 8  # a channel's states over 4 threads
@@ -426,6 +437,8 @@ GPU_KNOB_CASES = {
     "dB-dC-reduce-scatter": ("SEQ_SCATTER_BC", True, "dpmamba-inter"),
     "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
     "all-routes-in-one-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 10**9, "vim-s"),
+    "backward-not-pipelined": ("SEQ_BWD_PIPELINE", False, "vim-s"),
+    "one-state-forward-32-lanes": ("SEQ_ONE_STATE_FWD_LANES", 32, "vmamba-t-s1-channels-last"),
     "one-route-per-program-initial-state": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-inter"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
     "one-state-dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 1, "vmamba-t-s1-channels-last"),

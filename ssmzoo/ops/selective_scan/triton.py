@@ -608,12 +608,22 @@ def _prefetch(ptrs, ON: tl.constexpr):
 
 
 @triton.jit
-def _next_block(j, n_sub, REV: tl.constexpr):
-    """The block a route walks after block j (itself at the route's end)."""
+def _next_block(j, n_sub, REV: tl.constexpr, AHEAD: tl.constexpr = 1):
+    """The block a route walks AHEAD blocks after block j (the route's last block beyond its end)."""
     if REV:
-        return tl.maximum(j - 1, 0)
+        return tl.maximum(j - AHEAD, 0)
     else:
-        return tl.minimum(j + 1, n_sub - 1)
+        return tl.minimum(j + AHEAD, n_sub - 1)
+
+
+@triton.jit
+def _ud_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, dmask, u_row, dl_row, su_l, sdl_l):
+    """[BD, BS] tiles of u and delta (fp32) of block j of a route."""
+    s = j * BS + t
+    pos = _positions(s, L, H, W, order_row, KIND)
+    m2 = dmask[:, None] & (s < L)[None, :]
+    u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+    return u, tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -675,7 +685,7 @@ def _seq_fwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PIPE: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -717,10 +727,13 @@ def _seq_fwd_kernel(
         else:
             h = tl.zeros([NP, BLOCK_D], tl.float32)
         live = (route == k) if PAR_ROUTES else (pid_d >= 0)
+        if PIPE:  # the first block's tiles; every block then reads the next one's before its own work
+            nu, ndt = _ud_loads(n_sub - 1 if REVS[k] else 0, t, 8, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
+                                su_l, sdl_l)
         for jj in range(tl.where(live, n_sub, 0)):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
-                pn = _pos_of(_next_block(j, n_sub, REVS[k]) * 8 + lane_step, L, H, W, order_row, KINDS[k])
+                pn = _pos_of(_next_block(j, n_sub, REVS[k], AHEAD) * 8 + lane_step, L, H, W, order_row, KINDS[k])
                 _prefetch(u_row0 + pn * su_l, True)
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
@@ -729,8 +742,12 @@ def _seq_fwd_kernel(
             tmask = s < L
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & tmask[None, :]
-            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            if PIPE:
+                u, dt = nu, ndt
+                nu, ndt = _ud_loads(_next_block(j, n_sub, REVS[k]), t, 8, L, H, W, order_row, KINDS[k], dmask, u_row,
+                                    dl_row, su_l, sdl_l)
+            else:
+                u, dt = _ud_loads(j, t, 8, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
             if HAS_BIAS:
                 dt += bias[:, None]
             if SOFTPLUS:
@@ -869,7 +886,7 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
         q0, q1, q2, q3, q4, q5, q6, q7 = q7, q6, q5, q4, q3, q2, q1, q0
-    h = _tile(tl.load(ck), A2.shape[1])
+    h = _tile(ck, A2.shape[1])
     h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -889,7 +906,7 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row,
                                       c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    p0 = _tile(tl.load(ck), A2.shape[1])
+    p0 = _tile(ck, A2.shape[1])
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
@@ -1060,7 +1077,7 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         x0, x1, x2, x3 = x3, x2, x1, x0
         e0, e1, e2, e3 = e3, e2, e1, e0
         q0, q1, q2, q3 = q3, q2, q1, q0
-    p0 = _tile(tl.load(ck), A2.shape[1])
+    p0 = _tile(ck, A2.shape[1])
     p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
     p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
     p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
@@ -1089,6 +1106,24 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         return ga, dA, _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
 
 
+@triton.jit
+def _bwd_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, dmask, u_row, dl_row, do_row, z_row,
+               su_l, sdl_l, sdo_l, sz_l, ck_row, ck_stride, HAS_Z: tl.constexpr):
+    """What the backward's second pass reads for block j: [BD, BS] tiles of u, delta, the output's gradient and z
+    (the gradient again without z), fp32, and the flat state entering the block."""
+    s = j * BS + t
+    pos = _positions(s, L, H, W, order_row, KIND)
+    m2 = dmask[:, None] & (s < L)[None, :]
+    u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
+    x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+    do = tl.load(do_row + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zt = tl.load(z_row + pos[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
+    else:
+        zt = do
+    return u, x, do, zt, tl.load(ck_row + j * ck_stride)
+
+
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
 def _seq_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr, dout_ptr, dlast_ptr, dst_ptr,
@@ -1102,7 +1137,8 @@ def _seq_bwd_kernel(
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
-    PREFETCH: tl.constexpr, BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PREFETCH_CK: tl.constexpr, PIPE1: tl.constexpr, PIPE: tl.constexpr,
+    BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
     FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -1157,18 +1193,23 @@ def _seq_bwd_kernel(
             h = tl.zeros([NP, BLOCK_D], tl.float32)
         live = (route == k) if PAR_ROUTES else (pid_d >= 0)
         n_blocks = tl.where(live, nb, 0)
+        if PIPE1:
+            nu, ndt = _ud_loads(nb - 1 if REVS[k] else 0, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
+                                su_l, sdl_l)
         for jj in range(n_blocks):
             j = (nb - 1 - jj) if REVS[k] else jj
             if PREFETCH:
-                pn = _pos_of(_next_block(j, nb, REVS[k]) * BS + lane_step, L, H, W, order_row, KINDS[k])
+                pn = _pos_of(_next_block(j, nb, REVS[k], AHEAD) * BS + lane_step, L, H, W, order_row, KINDS[k])
                 _prefetch(u_row0 + pn * su_l, True)
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
-            s = j * BS + t
-            pos = _positions(s, L, H, W, order_row, KINDS[k])
-            m2 = dmask[:, None] & (s < L)[None, :]
-            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-            dt = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
+            m2 = dmask[:, None] & (j * BS + t < L)[None, :]
+            if PIPE1:
+                u, dt = nu, ndt
+                nu, ndt = _ud_loads(_next_block(j, nb, REVS[k]), t, BS, L, H, W, order_row, KINDS[k], dmask, u_row,
+                                    dl_row, su_l, sdl_l)
+            else:
+                u, dt = _ud_loads(j, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
             if HAS_BIAS:
                 dt += bias[:, None]
             if SOFTPLUS:
@@ -1188,10 +1229,18 @@ def _seq_bwd_kernel(
         dA = tl.zeros([NP, BLOCK_D], tl.float32)
         dD_acc = tl.zeros([BLOCK_D], tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+        do_row0 = dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d * sdo_d
+        z_row0 = z_ptr + b * sz_b + d * sz_d
+        if PIPE:  # the first block's reads; every block then reads the next one's before its own work
+            nu, nx, ndo, nzt, nck = _bwd_loads(0 if REVS[k] else nb - 1, t, BS, L, H, W, order_row, KINDS[k], dmask,
+                                               u_row, dl_row, do_row0[:, None], z_row0[:, None], su_l, sdl_l, sdo_l,
+                                               sz_l, ck_row, NP * D_PAD, HAS_Z)
         for jj in range(n_blocks):
             j = jj if REVS[k] else (nb - 1 - jj)
             if PREFETCH:  # the blocks are walked against the route's direction
-                pn = _pos_of(_next_block(j, nb, not REVS[k]) * BS + lane_step, L, H, W, order_row, KINDS[k])
+                jn = _next_block(j, nb, not REVS[k], AHEAD)
+                pn = _pos_of(jn * BS + lane_step, L, H, W, order_row, KINDS[k])
+                _prefetch(ck_row + jn * NP * D_PAD, PREFETCH_CK)
                 _prefetch(u_row0 + pn * su_l, True)
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + tl.minimum(d, Dm - 1) * sdo_d
@@ -1200,9 +1249,6 @@ def _seq_bwd_kernel(
                 _prefetch(b_row + pn * NP, SAME_GROUP)
                 _prefetch(c_row + pn * NP, SAME_GROUP)
             s0 = j * BS
-            ck = ck_row + j * NP * D_PAD
-            do_row0 = dout_ptr + b * sdo_b + (k if MERGE == 0 else 0) * sdo_k + d * sdo_d
-            z_row0 = z_ptr + b * sz_b + d * sz_d
             ws0 = b * sws_b + k * sws_k + d * sws_d  # offsets of position 0 (sws_k: 0 unless PAR_ROUTES)
             du0 = b * sdu_b + (k if U_ROUTES else 0) * sdu_k + d * sdu_d
             ddl0 = b * sddl_b + (k if DL_ROUTES else 0) * sddl_k + d * sddl_d
@@ -1210,13 +1256,15 @@ def _seq_bwd_kernel(
             s = s0 + t
             pos = _positions(s, L, H, W, order_row, KINDS[k])
             m2 = dmask[:, None] & (s < L)[None, :]
-            u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-            x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
-            do = tl.load(do_row0[:, None] + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zt = tl.load(z_row0[:, None] + pos[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
+            if PIPE:
+                u, x, do, zt, ck = nu, nx, ndo, nzt, nck
+                nu, nx, ndo, nzt, nck = _bwd_loads(_next_block(j, nb, not REVS[k]), t, BS, L, H, W, order_row,
+                                                   KINDS[k], dmask, u_row, dl_row, do_row0[:, None], z_row0[:, None],
+                                                   su_l, sdl_l, sdo_l, sz_l, ck_row, NP * D_PAD, HAS_Z)
             else:
-                zt = do
+                u, x, do, zt, ck = _bwd_loads(j, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
+                                              do_row0[:, None], z_row0[:, None], su_l, sdl_l, sdo_l, sz_l, ck_row,
+                                              NP * D_PAD, HAS_Z)
             x, dt, do, dy, zsig = _step_inputs(u, x, do, zt, bias[:, None] if HAS_BIAS else bias, m2, K,
                                                HAS_BIAS, SOFTPLUS, MERGE, HAS_Z, FAST)
             if BS == 4:
@@ -1547,9 +1595,14 @@ SEQ_FWD_LANES = 32
 # warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs; Vim-S 3747 vs 3787,
 # a tie; H100 bf16, issue #4 note).
 SEQ_BWD_LANES = 8
-# One state: 32 channels a warp. Narrower programs add warps but not shorter walks: VMamba-T s1 channels-last bf16
-# fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per channel), H100.
+# One state: 32 channels a warp in the backward. Narrower programs add warps but not shorter walks: VMamba-T s1
+# channels-last bf16 fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per
+# channel), H100. 64 (two channels a thread) with the pipelined backward: 4233 vs 3660 µs (kernel).
 SEQ_ONE_STATE_LANES = 32
+# The forward: 64 channels a warp, two a thread: a bf16 row of a step is one whole 128-byte line (32 channels read
+# half a line; ncu: 2.23 GB read from DRAM where the inputs are 1.23 GB) and two independent chains a thread.
+# VMamba-T s1 channels-last bf16 kernel 1335 -> 940 µs (with the 80-register cap 1200, 128: 1018), H100.
+SEQ_ONE_STATE_FWD_LANES = 64
 # backward with up to this many states: each channel tile stores its dB, dC rows and the host sums them (no atomics
 # per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note).
 # Off since a block of 4 steps adds its sums with one atomic (one state: VMamba-T s1 channels-last 5249 -> 4764 µs)
@@ -1565,15 +1618,32 @@ SEQ_BLOCK_BC = True
 # of 4 x 3136 steps) 11.1 -> 6.2 ms; Vim-S (L = 197) 3758 -> 3601; DPMamba intra (L = 250) kernels 1164 -> 963;
 # DPMamba inter (L = 34) loses: 1331-1573 -> 1933 (host-bound: one more launch, no kernel gain). Issue #4 notes.
 SEQ_PAR_ROUTES_MIN_L = 128
-SEQ_PREFETCH = True  # L1 prefetch of the next block (compiled kernels only)
+SEQ_PREFETCH = True  # L1 prefetch of a later block (compiled kernels only)
+# How far ahead (blocks). Farther did not pay: VMamba-T s1 channels-last bf16 kernels fwd / bwd 1329 / 4285 µs at 1,
+# 1306 / 4312 at 2, 1431 / 4422 at 4, 1471 / 5091 at 8; the checkpoint as well at 4: 1434 / 4255 (Vim-S 2981 at 1,
+# 3067 with it), H100.
+SEQ_FWD_AHEAD = 1  # forward: blocks of 8 steps
+SEQ_BWD_AHEAD = 1  # backward: blocks of SEQ_BWD_BLOCK / SEQ_ONE_STATE_BWD_BLOCK steps
+SEQ_BWD_PREFETCH_CK = False  # the backward's second pass also prefetches that block's checkpoint
+# Software pipelining: a block's tiles (u, delta, dy, z, its checkpoint) are loaded into registers one block early,
+# so the global loads' latency (ncu: "long scoreboard", the largest stall) overlaps a block's arithmetic. Kernel µs,
+# H100 bf16: backward second pass Vim-S 2986 -> 2536, DPMamba intra 727 -> 645, inter 638 -> 646, VMamba-T s1
+# channels-last 4267 -> 3660; first pass too: Vim-S 2539 -> 2442, intra 647 -> 621, inter 646 -> 625 (VMamba
+# 3668 -> 3675); forward with N > 1: Vim-S 457 -> 438, intra 166 -> 136, inter 114 -> 119; with one state it loses
+# (VMamba 1018 -> 1275: spills).
+SEQ_BWD_PIPELINE = True
+SEQ_BWD_PIPELINE_PASS1 = True
+SEQ_FWD_PIPELINE = True
+SEQ_ONE_STATE_FWD_PIPELINE = False
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
 # 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note.
 SEQ_BWD_MAXNREG = 168
-# With one state the caps pay: 80 registers let the forward's 3072 one-route programs (VMamba-T s1) run in one wave
-# (2170 -> 2105 µs); 168 give the backward 12 warps per SM instead of 8 (7293 -> 5591 µs; 128: 6596). H100, bf16.
-SEQ_ONE_STATE_FWD_MAXNREG = 80
-SEQ_ONE_STATE_BWD_MAXNREG = 168
+# With one state the backward's cap pays: 168 registers give it 12 warps per SM instead of 8 (7293 -> 5591 µs; 128:
+# 6596); pipelined, 144 (14 warps): 3674 -> 3557 µs (128: 3849). H100, bf16. The forward (64 lanes) runs best
+# uncapped (above).
+SEQ_ONE_STATE_FWD_MAXNREG = None
+SEQ_ONE_STATE_BWD_MAXNREG = 144
 # Backward blocks of 4 steps (recomputed once from their own checkpoint, all 4 states kept: fewer live values) or of
 # 8 (states recomputed in two halves, half the checkpoints, (B, K, L/8, N, D) fp32). N > 1: 4 (Vim-S bwd 4397 ->
 # 3747 µs, DPMamba inter 1217 -> 1105); one state: 4 as well since a block's dB/dC go out with one atomic
@@ -1612,7 +1682,7 @@ def _seq_lanes(N: int, which: str, batch: int, Dm: int) -> int:
     idle, and the backward splits them over threads (fewer registers a thread, more programs to hide latency), at
     least one state a thread. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
     if N == 1:
-        return SEQ_ONE_STATE_LANES
+        return SEQ_ONE_STATE_FWD_LANES if which == "fwd" else SEQ_ONE_STATE_LANES
     if which == "fwd":
         few = batch * _cdiv(Dm, SEQ_FWD_LANES) < SEQ_FWD_FEW_PROGRAMS
         return max(SEQ_FWD_FEW_LANES, 32 // _pow2(N)) if few else SEQ_FWD_LANES
@@ -1800,7 +1870,8 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states),
         *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
-        RET_STATES=return_states, **call.flags, num_warps=1,
+        RET_STATES=return_states, **call.flags, AHEAD=SEQ_FWD_AHEAD,
+        PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, num_warps=1,
         **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
     if planes:  # sum, mean, gate and cast in one kernel
@@ -1851,7 +1922,9 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, num_warps=1,
+        HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, AHEAD=SEQ_BWD_AHEAD,
+        PREFETCH_CK=SEQ_BWD_PREFETCH_CK, PIPE1=SEQ_BWD_PIPELINE_PASS1, PIPE=SEQ_BWD_PIPELINE,
+        num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
     if call.par_routes:  # the route planes of shared inputs' gradients: summed into the gradients
