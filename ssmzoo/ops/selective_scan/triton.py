@@ -11,16 +11,18 @@ Two kernel families share the contract:
   channels-first grid routes run them on channels-last copies, ``via_channels_last``): one
   program = one warp of channels, each thread walks its channel's route step by step with the N states in
   registers (the backward splits N over four lane groups, 8 channels a warp, and so does the forward when a call
-  has too few programs to fill the GPU; one state keeps one thread per channel: ``_seq_lanes``). Tiles of 8 steps
+  has too few programs to fill the GPU; one state: a thread per channel in the backward, two channels a thread
+  in the forward: ``_seq_lanes``). Tiles of 8 steps
   are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
   (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
   summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
   (``_block_add4``). The forward
   exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
-  routes one after the other and merges them through a program-private fp32 workspace; when a call has too few
-  programs to fill the GPU and long routes (VMamba), each route gets its own program and the merge goes through
-  fp32 atomics that the host finishes (mean, gate, cast).
+  routes one after the other and merges them through a program-private fp32 workspace; for routes of 128 steps
+  or more (VMamba, Vim, DPMamba intra) each route gets its own program, which stores its own plane of the output
+  (and of shared inputs' gradients) in the result's dtype, and ``_merge_routes`` sums the planes (mean, gate,
+  cast) in one kernel. A block's tiles are loaded into registers one block before their use.
 - Tile kernels (TABLE routes: permutations, per-sample routes; channels-first grid routes when
   ``SEQ_GRID_VIA_CHANNELS_LAST`` is off), described below.
 
@@ -52,13 +54,13 @@ All arithmetic is fp32 (exp and log via exp2/log2; in compiled kernels softplus 
 unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; outputs are written in the requested
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
-Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-23; README for the table):
-VMamba-T s1 10.1x the floor channels-first (copies + sequential kernels), 7.8x channels-last; Vim-S 8.2x,
-DPMamba-M intra 11.9x, inter 13.1x (host-bound: their kernels alone 11.5x and 7.6x). ncu on Vim-S: the backward
-(168 registers, no spill, 12 warps per SM) issues 0.41 instructions per scheduler and cycle with 58 % of cycles
-with no eligible warp: latency-bound; the forward (255 registers, 2 warps per scheduler) 0.30. VMamba
-channels-last's forward keeps DRAM 71 % busy with the four routes' fp32 atomic sums. The knobs below record what
-was measured for each choice.
+Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
+VMamba-T s1 8.1x the floor channels-first (copies + sequential kernels), 5.8x channels-last; Vim-S 6.6x,
+DPMamba-M intra 11.3x, inter 14.6x (host-bound: their kernels alone 7.9x and 7.5x). ncu's largest stall on every
+sequential kernel is waiting for global loads: a block's tiles are loaded into registers one block early (software
+pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues ~0.44 instructions
+per scheduler and cycle; the backward's first pass (recomputing the block-entry states) is 13 % (Vim-S) to 29 %
+(VMamba, one state) of its time. The knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
