@@ -38,11 +38,12 @@ def test_chunked_matches_reference_fp64(case):
 @settings(max_examples=10, deadline=None)
 @given(case=cases(dtype=torch.float32))
 def test_chunked_matches_reference_fp32(case):
-    """fp32 against the float64 reference (the truth) to 1e-5, gradients 2e-5; against the fp32 reference, whose
-    own rounding (e.g. dA summed step after step) adds to the difference, to DESIGN's 1e-4."""
+    """fp32 against the float64 reference (the truth) to 1e-5, gradients to DESIGN's 2e-4 (a sum over every step
+    such as dA of a single state can cancel: 9e-5 seen); against the fp32 reference, whose own rounding (e.g. dA
+    summed step after step) adds to the difference, to DESIGN's 1e-4."""
     got = run(case, "chunked", layout="channels_last")
     _compare(got, run(case.to(torch.float64), "reference"), 1e-5, "chunked fp32 vs reference fp64",
-             same_dtype=False)
+             same_dtype=False, grad_tol=2e-4)
     _compare(got, run(case, "reference"), 1e-4, "chunked fp32 vs reference fp32")
 
 

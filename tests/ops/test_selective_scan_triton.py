@@ -170,6 +170,7 @@ KNOB_PREFIXES = {
     "nofwdpipe": ("SEQ_FWD_PIPELINE", False),  # forward with N > 1: the same
     "fwdpipe1": ("SEQ_ONE_STATE_FWD_PIPELINE", True),  # forward with one state: tiles one block early
     "fwd32one": ("SEQ_ONE_STATE_FWD_LANES", 32),  # forward with one state: 32 channels a warp (not 64)
+    "nockkernel": ("SEQ_ONE_STATE_CK_KERNEL", False),  # one state: the backward's first pass inside its kernel
     "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
 }
 
@@ -284,7 +285,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes"] + [f
                   "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
-                  "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels"])
+                  "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels",
+                  "nockkernel:cross2d-one-state-70-channels", "nockkernel:parallel:cross2d-channels-last-per-route-out"])
 
 
 @pytest.fixture(scope="module")
@@ -439,6 +441,7 @@ GPU_KNOB_CASES = {
     "all-routes-in-one-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 10**9, "vim-s"),
     "backward-not-pipelined": ("SEQ_BWD_PIPELINE", False, "vim-s"),
     "one-state-forward-32-lanes": ("SEQ_ONE_STATE_FWD_LANES", 32, "vmamba-t-s1-channels-last"),
+    "one-state-first-pass-in-backward-kernel": ("SEQ_ONE_STATE_CK_KERNEL", False, "vmamba-t-s1-channels-last"),
     "one-route-per-program-initial-state": ("SEQ_PAR_ROUTES_MIN_L", 0, "dpmamba-inter"),
     "dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 64, "dpmamba-inter"),
     "one-state-dB-dC-rows-per-tile": ("SEQ_PARTIAL_BC_MAX_NP", 1, "vmamba-t-s1-channels-last"),

@@ -677,18 +677,21 @@ def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, 
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
 def _seq_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr,
-    out_ptr, ws_ptr, last_ptr, states_ptr,
+    out_ptr, ws_ptr, last_ptr, states_ptr, ck_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
     sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_k, sws_d, sws_l,
     sord_b, sord_k,
-    L, H, W, Dm, N, n_sub, d_per_group, one,
+    L, H, W, Dm, N, n_sub, d_per_group, one, D_PAD,
     K: tl.constexpr, KINDS: tl.constexpr, REVS: tl.constexpr,
     U_ROUTES: tl.constexpr, DL_ROUTES: tl.constexpr, A_ROUTES: tl.constexpr, BC_ROUTES: tl.constexpr,
     X_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PIPE: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
+    CK_ONLY: tl.constexpr,
 ):
+    """The forward; with CK_ONLY the backward's first pass instead: the state entering every block of 4 steps of
+    each route into ck ((B, K, L/4, NP, D_PAD) fp32, as _seq_bwd_kernel lays it out), nothing else."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -729,10 +732,30 @@ def _seq_fwd_kernel(
         else:
             h = tl.zeros([NP, BLOCK_D], tl.float32)
         live = (route == k) if PAR_ROUTES else (pid_d >= 0)
-        if PIPE:  # the first block's tiles; every block then reads the next one's before its own work
+        if CK_ONLY:
+            nb4 = n_sub * 2
+            t4 = tl.arange(0, 4)
+            ck_row = ck_ptr + ((b * K + k) * nb4 * NP + en) * D_PAD + ed
+            for jj in range(tl.where(live, nb4, 0)):
+                j = (nb4 - 1 - jj) if REVS[k] else jj
+                if PREFETCH:
+                    pn = _pos_of(_next_block(j, nb4, REVS[k]) * 4 + lane_step % 4, L, H, W, order_row, KINDS[k])
+                    _prefetch(u_row0 + pn * su_l, True)
+                    _prefetch(dl_row0 + pn * sdl_l, True)
+                    _prefetch(b_row + pn * NP, SAME_GROUP)
+                m2 = dmask[:, None] & (j * 4 + t4 < L)[None, :]
+                u, dt = _ud_loads(j, t4, 4, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
+                if HAS_BIAS:
+                    dt += bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt, FAST)
+                dt = tl.where(m2, dt, 0.0)
+                tl.store(ck_row + j * NP * D_PAD, _flat(h), mask=ed < D_PAD)  # padding channels too (zeros)
+                h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+        if PIPE and not CK_ONLY:  # the first block's tiles; every block then reads the next one's before its own work
             nu, ndt = _ud_loads(n_sub - 1 if REVS[k] else 0, t, 8, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
                                 su_l, sdl_l)
-        for jj in range(tl.where(live, n_sub, 0)):
+        for jj in range(0 if CK_ONLY else tl.where(live, n_sub, 0)):
             j = (n_sub - 1 - jj) if REVS[k] else jj
             if PREFETCH:
                 pn = _pos_of(_next_block(j, n_sub, REVS[k], AHEAD) * 8 + lane_step, L, H, W, order_row, KINDS[k])
@@ -778,7 +801,7 @@ def _seq_fwd_kernel(
                 if k > 0:
                     y += tl.load(ws, mask=m2, other=0.0)
                 tl.store(ws, y, mask=m2)
-        if RET_LAST:
+        if RET_LAST and not CK_ONLY:
             tl.store(last_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(h), mask=e_mask & live)
         tl.debug_barrier()  # the next route rereads the workspace
 
@@ -1140,6 +1163,7 @@ def _seq_bwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PREFETCH_CK: tl.constexpr, PIPE1: tl.constexpr, PIPE: tl.constexpr,
+    PASS1: tl.constexpr,
     BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
     FAST: tl.constexpr,
 ):
@@ -1198,7 +1222,7 @@ def _seq_bwd_kernel(
         if PIPE1:
             nu, ndt = _ud_loads(nb - 1 if REVS[k] else 0, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
                                 su_l, sdl_l)
-        for jj in range(n_blocks):
+        for jj in range(n_blocks if PASS1 else 0):  # (without PASS1 another kernel wrote ck: _seq_checkpoints)
             j = (nb - 1 - jj) if REVS[k] else jj
             if PREFETCH:
                 pn = _pos_of(_next_block(j, nb, REVS[k], AHEAD) * BS + lane_step, L, H, W, order_row, KINDS[k])
@@ -1637,6 +1661,12 @@ SEQ_BWD_PIPELINE = True
 SEQ_BWD_PIPELINE_PASS1 = True
 SEQ_FWD_PIPELINE = True
 SEQ_ONE_STATE_FWD_PIPELINE = False
+# One state: the backward's first pass (the state entering every block of 4 steps) as its own kernel
+# (_seq_checkpoints: the forward kernel's CK_ONLY mode, 96 registers) instead of inside the backward kernel (144):
+# VMamba-T s1 bf16 fwd+bwd channels-last 5067 -> 4584 µs, channels-first 7044 -> 6576 (32 channels a warp; with
+# the forward's 64 the first pass took 1515 µs instead of 673 and the call 5428). H100.
+SEQ_ONE_STATE_CK_KERNEL = True
+SEQ_ONE_STATE_CK_LANES = 32  # its channels a warp (None: the forward's)
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
 # 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note.
@@ -1809,7 +1839,7 @@ def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
 class _SeqCall:
     """Shapes, flags and staged B, C of one call of the sequential kernels."""
 
-    def __init__(self, u, delta, A, B, C, D, delta_bias, order, merge, lanes):
+    def __init__(self, u, delta, A, B, C, D, delta_bias, order, merge, lanes, staged=None):
         self.batch, self.Ku, self.Dm, self.L = u.shape
         self.K, self.N, self.G = order.shape[-2], A.shape[-1], B.shape[2]
         kinds, revs, self.H, self.W = route_kinds(order)
@@ -1821,8 +1851,9 @@ class _SeqCall:
         x_routes = (D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1)
         self.x_routes = x_routes
         expand = (lambda t: t.expand(-1, self.K, -1, -1, -1)) if bc_routes else (lambda t: t)
-        self.B = _stage_rows(expand(B), self.n_sub * 8, self.NP)
-        self.C = _stage_rows(expand(C), self.n_sub * 8, self.NP)
+        if staged is None:
+            staged = (_stage_rows(expand(B), self.n_sub * 8, self.NP), _stage_rows(expand(C), self.n_sub * 8, self.NP))
+        self.B, self.C = staged  # another call's, when given
         self.D = D.expand(self.K, -1) if D is not None and x_routes and D.shape[0] == 1 else D
         self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and x_routes
                      and delta_bias.shape[0] == 1 else delta_bias)
@@ -1869,16 +1900,32 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
     init = initial_state.contiguous() if initial_state is not None else None
     _seq_fwd_kernel[call.grid](
-        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states),
-        *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, None),
+        *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes, 0,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
         RET_STATES=return_states, **call.flags, AHEAD=SEQ_FWD_AHEAD,
-        PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, num_warps=1,
+        PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, CK_ONLY=False, num_warps=1,
         **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
     if planes:  # sum, mean, gate and cast in one kernel
         _merge_routes(ws, out_view[:, 0], z, call.merge == 2)
     return out, last, states
+
+
+def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad):
+    """The backward's first pass of a one-state call (blocks of 4) as the forward kernel's CK_ONLY mode: its own
+    registers (96) and warps per SM instead of the backward's (the first pass was 29 % of the backward's time,
+    VMamba-T s1); writes ck for ``_seq_bwd_kernel``, reusing ``call``'s staged B and C."""
+    lanes = SEQ_ONE_STATE_CK_LANES or _seq_lanes(1, "fwd", call.batch, call.Dm)
+    fcall = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes, staged=(call.B, call.C))
+    _seq_fwd_kernel[fcall.grid](
+        *_or_dummy(u, u, delta, A, fcall.B, fcall.C, fcall.D, None, fcall.bias, order, init, None, None, None, None,
+                   ck),
+        *fcall.strides(u, delta, A, None), *([0] * 4), *([0] * 4), *fcall.order_strides(), *fcall.sizes, d_pad,
+        HAS_Z=False, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=False, RET_STATES=False,
+        **{**fcall.flags, "MERGE": 0}, AHEAD=1, PIPE=False, CK_ONLY=True, num_warps=1,
+        **_maxnreg(SEQ_ONE_STATE_FWD_MAXNREG),
+    )
 
 
 def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
@@ -1889,7 +1936,11 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     d_pad = call.grid[0] * call.block_d
     # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
-    ck = torch.empty((batch, K, call.n_sub * 8 // block, call.NP, d_pad), dtype=torch.float32, device=device)
+    ck = _new((batch, K, call.n_sub * 8 // block, call.NP, d_pad), torch.float32, device)
+    init = initial_state.contiguous() if initial_state is not None else None
+    ck_kernel = N == 1 and block == 4 and SEQ_ONE_STATE_CK_KERNEL
+    if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
+        _seq_checkpoints(call, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du, ddelta = _like(u), _like(delta)
     dz = _like(z) if z is not None else None
@@ -1914,7 +1965,6 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
                       for routes_share, dtype in shared)
     ws_strides = next(((w.stride(0), w.stride(1) if call.par_routes else 0, w.stride(2), w.stride(3))
                        for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0, 0))
-    init = initial_state.contiguous() if initial_state is not None else None
     dlast = dlast.contiguous() if dlast is not None else None
     dstates = dstates.contiguous() if dstates is not None else None
     dz_strides = dz.stride() if dz is not None else (0, 0, 0)
@@ -1925,7 +1975,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
         HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, AHEAD=SEQ_BWD_AHEAD,
-        PREFETCH_CK=SEQ_BWD_PREFETCH_CK, PIPE1=SEQ_BWD_PIPELINE_PASS1, PIPE=SEQ_BWD_PIPELINE,
+        PREFETCH_CK=SEQ_BWD_PREFETCH_CK, PIPE1=SEQ_BWD_PIPELINE_PASS1 and not ck_kernel, PIPE=SEQ_BWD_PIPELINE,
+        PASS1=not ck_kernel,
         num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
