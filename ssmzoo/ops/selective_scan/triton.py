@@ -55,12 +55,12 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 8.1x the floor channels-first (copies + sequential kernels), 5.8x channels-last; Vim-S 6.6x,
-DPMamba-M intra 11.3x, inter 14.6x (host-bound: their kernels alone 7.9x and 7.5x). ncu's largest stall on every
+VMamba-T s1 7.5x the floor channels-first (copies + sequential kernels), 5.3x channels-last; Vim-S 6.6x,
+DPMamba-M intra 11-14x, inter 13-15x (host-bound: their kernels alone 7.9x and 7.5x). ncu's largest stall on every
 sequential kernel is waiting for global loads: a block's tiles are loaded into registers one block early (software
 pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues ~0.44 instructions
-per scheduler and cycle; the backward's first pass (recomputing the block-entry states) is 13 % (Vim-S) to 29 %
-(VMamba, one state) of its time. The knobs below record what was measured for each choice.
+per scheduler and cycle; the backward's first pass (recomputing the block-entry states) is 13 % of it (Vim-S);
+with one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
