@@ -60,7 +60,8 @@ DPMamba-M intra 11-14x, inter 13-15x (host-bound: their kernels alone 7.9x and 7
 sequential kernel is waiting for global loads: a block's tiles are loaded into registers one block early (software
 pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues ~0.44 instructions
 per scheduler and cycle; the backward's first pass (recomputing the block-entry states) is 13 % of it (Vim-S);
-with one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was measured for each choice.
+with one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was measured
+for each choice.
 """
 
 from __future__ import annotations
