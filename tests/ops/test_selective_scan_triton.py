@@ -286,7 +286,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes"] + [f
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
                   "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels",
-                  "nockkernel:cross2d-one-state-70-channels", "nockkernel:parallel:cross2d-channels-last-per-route-out"])
+                  "nockkernel:cross2d-one-state-70-channels",
+                  "nockkernel:parallel:cross2d-channels-last-per-route-out"])
 
 
 @pytest.fixture(scope="module")
