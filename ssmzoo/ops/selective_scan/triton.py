@@ -746,13 +746,9 @@ def _seq_fwd_kernel(
                     _prefetch(b_row + pn * NP, SAME_GROUP)
                 m2 = dmask[:, None] & (j * 4 + t4 < L)[None, :]
                 u, dt = _ud_loads(j, t4, 4, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
-                if HAS_BIAS:
-                    dt += bias[:, None]
-                if SOFTPLUS:
-                    dt = _softplus(dt, FAST)
-                dt = tl.where(m2, dt, 0.0)
-                tl.store(ck_row + j * NP * D_PAD, _flat(h), mask=ed < D_PAD)  # padding channels too (zeros)
-                h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+                # padding channels too (zeros): the backward reads whole tiles
+                h = _ck_block(h, A2, u, dt, j, bias if HAS_BIAS else 0.0, m2, ck_row + j * NP * D_PAD, ed < D_PAD, L,
+                              H, W, order_row, b_row, KINDS[k], REVS[k], NP, 4, HAS_BIAS, SOFTPLUS, FAST)
         if PIPE and not CK_ONLY:  # the first block's tiles; every block then reads the next one's before its own work
             nu, ndt = _ud_loads(n_sub - 1 if REVS[k] else 0, t, 8, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
                                 su_l, sdl_l)
@@ -1133,15 +1129,33 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
 
 
 @triton.jit
+def _ck_block(h, A2, u, dt, j, bias, mask, ck_ptrs, ck_mask, L, H, W, order_row, b_row, KIND: tl.constexpr,
+              REV: tl.constexpr, NP: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              FAST: tl.constexpr):
+    """One block j of the backward's first pass, from its [BD, BS] tiles u and delta (dt, as loaded): store the
+    state h entering it (route order) at ck_ptrs and return the state after it."""
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt, FAST)
+    dt = tl.where(mask, dt, 0.0)
+    tl.store(ck_ptrs, _flat(h), mask=ck_mask)
+    if BS == 4:
+        h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KIND, REV, NP)
+    else:
+        h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KIND, REV, NP)
+    return h
+
+
+@triton.jit
 def _bwd_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, dmask, u_row, dl_row, do_row, z_row,
                su_l, sdl_l, sdo_l, sz_l, ck_row, ck_stride, HAS_Z: tl.constexpr):
     """What the backward's second pass reads for block j: [BD, BS] tiles of u, delta, the output's gradient and z
     (the gradient again without z), fp32, and the flat state entering the block."""
+    u, x = _ud_loads(j, t, BS, L, H, W, order_row, KIND, dmask, u_row, dl_row, su_l, sdl_l)
     s = j * BS + t
     pos = _positions(s, L, H, W, order_row, KIND)
     m2 = dmask[:, None] & (s < L)[None, :]
-    u = tl.load(u_row + pos[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-    x = tl.load(dl_row + pos[None, :] * sdl_l, mask=m2, other=0.0).to(tl.float32)
     do = tl.load(do_row + pos[None, :] * sdo_l, mask=m2, other=0.0).to(tl.float32)
     if HAS_Z:
         zt = tl.load(z_row + pos[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
@@ -1237,16 +1251,8 @@ def _seq_bwd_kernel(
                                     dl_row, su_l, sdl_l)
             else:
                 u, dt = _ud_loads(j, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
-            if HAS_BIAS:
-                dt += bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt, FAST)
-            dt = tl.where(m2, dt, 0.0)
-            tl.store(ck_row + j * NP * D_PAD, _flat(h))
-            if BS == 4:
-                h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
-            else:
-                h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KINDS[k], REVS[k], NP)
+            h = _ck_block(h, A2, u, dt, j, bias, m2, ck_row + j * NP * D_PAD, ed < D_PAD, L, H, W, order_row, b_row,
+                          KINDS[k], REVS[k], NP, BS, HAS_BIAS, SOFTPLUS, FAST)
         tl.debug_barrier()
         # pass 2: blocks in reverse route order
         if HAS_DLAST:
