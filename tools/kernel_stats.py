@@ -87,7 +87,8 @@ def compile_kernels(call, arch: int) -> list[dict]:
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        records.append(dict(name=self.fn.__name__, num_warps=kernel.metadata.num_warps,
+        name = self.fn.__name__ + (":ck" if kwargs.get("CK_ONLY") else "")  # the one-state backward's first pass
+        records.append(dict(name=name, num_warps=kernel.metadata.num_warps,
                             **sass_stats(kernel.asm["cubin"])))
         return kernel
 
@@ -123,6 +124,8 @@ def shape_calls(name: str, layout: str, dtype: torch.dtype):
     tiles = {which: ref.batch * kernels._cdiv(ref.channels, lanes[which]) for which in lanes}
     par = {which: kernels.parallel_routes(K, ref.L) for which in lanes}
     programs = {f"_seq_{which}_kernel": tiles[which] * (K if par[which] else 1) for which in lanes}
+    ck_lanes = kernels.SEQ_ONE_STATE_CK_LANES or lanes["fwd"]  # the checkpoint kernel (one state)
+    programs["_seq_fwd_kernel:ck"] = ref.batch * kernels._cdiv(ref.channels, ck_lanes) * (K if par["bwd"] else 1)
     choose, parallel = kernels._seq_lanes, kernels.parallel_routes
 
     def call():
