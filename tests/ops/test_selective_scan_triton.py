@@ -171,6 +171,7 @@ KNOB_PREFIXES = {
     "fwdpipe1": ("SEQ_ONE_STATE_FWD_PIPELINE", True),  # forward with one state: tiles one block early
     "fwd32one": ("SEQ_ONE_STATE_FWD_LANES", 32),  # forward with one state: 32 channels a warp (not 64)
     "nockkernel": ("SEQ_ONE_STATE_CK_KERNEL", False),  # one state: the backward's first pass inside its kernel
+    "ck64": ("SEQ_ONE_STATE_CK_LANES", None),  # one state: the checkpoint kernel with the forward's 64 lanes
     "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
 }
 
@@ -286,7 +287,7 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes"] + [f
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
                   "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels",
-                  "nockkernel:cross2d-one-state-70-channels",
+                  "nockkernel:cross2d-one-state-70-channels", "ck64:cross2d-one-state-70-channels",
                   "nockkernel:parallel:cross2d-channels-last-per-route-out"])
 
 
