@@ -1669,7 +1669,7 @@ SEQ_BWD_PIPELINE_PASS1 = True
 SEQ_FWD_PIPELINE = True
 SEQ_ONE_STATE_FWD_PIPELINE = False
 # One state: the backward's first pass (the state entering every block of 4 steps) as its own kernel
-# (_seq_checkpoints: the forward kernel's CK_ONLY mode, 96 registers) instead of inside the backward kernel (144):
+# (_seq_checkpoints: the forward kernel's CK_ONLY mode, 62 registers) instead of inside the backward kernel (144):
 # VMamba-T s1 bf16 fwd+bwd channels-last 5067 -> 4584 µs, channels-first 7044 -> 6576 (32 channels a warp; with
 # the forward's 64 the first pass took 1515 µs instead of 673 and the call 5428). H100.
 SEQ_ONE_STATE_CK_KERNEL = True
@@ -1921,7 +1921,7 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
 
 def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad):
     """The backward's first pass of a one-state call (blocks of 4) as the forward kernel's CK_ONLY mode: its own
-    registers (96) and warps per SM instead of the backward's (the first pass was 29 % of the backward's time,
+    registers (62) and warps per SM instead of the backward's (the first pass was 29 % of the backward's time,
     VMamba-T s1); writes ck for ``_seq_bwd_kernel``, reusing ``call``'s staged B and C."""
     lanes = SEQ_ONE_STATE_CK_LANES or _seq_lanes(1, "fwd", call.batch, call.Dm)
     fcall = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes, staged=(call.B, call.C))
