@@ -14,7 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import ssmzoo.engine  # noqa: F401  (registers ssmzoo's components and the weights-only checkpoint loader)
-from ssmzoo.engine.runner import enable_amp, prepare_distributed, set_data_root, set_work_dir
+from ssmzoo.engine.runner import enable_amp, prepare_distributed, resume_checkpoint, set_data_root, set_work_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         cfg.auto_scale_lr.enable = True
     if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None if args.resume == "auto" else args.resume
+        cfg.load_from = resume_checkpoint(cfg.work_dir) if args.resume == "auto" else args.resume
     prepare_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()

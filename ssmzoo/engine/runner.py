@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
-__all__ = ["disable_pretrained", "enable_amp", "prepare_distributed", "set_data_root", "set_work_dir"]
+__all__ = ["disable_pretrained", "enable_amp", "prepare_distributed", "resume_checkpoint", "set_data_root",
+           "set_work_dir"]
 
 AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
@@ -22,6 +25,29 @@ def set_work_dir(cfg: Config, work_dir: str | None, config_path: str) -> None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = str(Path("work_dirs") / Path(config_path).stem)
+
+
+def resume_checkpoint(work_dir: str) -> str | None:
+    """The checkpoint ``--resume`` (no path) goes on from: the one mmengine's ``last_checkpoint`` names, else, when
+    that file is empty or names a missing file, the newest complete ``iter_N.pth`` / ``epoch_N.pth`` of work_dir.
+
+    mmengine rewrites ``last_checkpoint`` in place after each save, so a run killed at that moment leaves it empty
+    (its own lookup then tries to load the path ''). A checkpoint cut short by a kill is skipped: torch.save writes a
+    zip archive whose directory comes last. None: no ``last_checkpoint`` (nothing saved; training starts over).
+    FileNotFoundError: a ``last_checkpoint`` with nothing complete to resume from."""
+    marker = Path(work_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    named = marker.read_text().strip()
+    if named and Path(named).is_file():
+        return named
+    saved = [(int(m.group(1)), path) for path in Path(work_dir).glob("*.pth")
+             if (m := re.fullmatch(r"(?:iter|epoch)_(\d+)\.pth", path.name))]
+    found = next((str(path) for _, path in sorted(saved, reverse=True) if zipfile.is_zipfile(path)), None)
+    if found is None:
+        raise FileNotFoundError(f"--resume: {marker} names {named or 'nothing'!r} and {work_dir} holds no complete "
+                                "iter_N.pth / epoch_N.pth checkpoint; pass one with --resume PATH")
+    return found
 
 
 def _dataset_cfgs(cfg: Config):

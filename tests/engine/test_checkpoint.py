@@ -53,3 +53,26 @@ def test_other_objects_are_refused(tmp_path, obj):
 
 def test_allow_list_holds_classes_not_modules():
     assert all(callable(g) or isinstance(g, tuple) for g in MMENGINE_CHECKPOINT_GLOBALS)
+
+
+def test_resume_finds_the_newest_complete_checkpoint_when_last_checkpoint_is_empty(tmp_path):
+    """--resume without a path: mmengine's last_checkpoint when it names a file; a kill while mmengine rewrote it
+    leaves it empty, and then the newest complete iter_N.pth is taken (one cut short by a kill is skipped)."""
+    from ssmzoo.engine.runner import resume_checkpoint
+
+    assert resume_checkpoint(str(tmp_path)) is None  # nothing saved yet: train from the start
+    for step in (2, 10):
+        torch.save(_mmengine_like_checkpoint(), tmp_path / f"iter_{step}.pth")
+    whole = (tmp_path / "iter_10.pth").read_bytes()
+    (tmp_path / "iter_12.pth").write_bytes(whole[: len(whole) // 2])  # killed while saving
+    marker = tmp_path / "last_checkpoint"
+    marker.write_text(str(tmp_path / "iter_2.pth"))
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / "iter_2.pth")  # what mmengine recorded
+    marker.write_text("")
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / "iter_10.pth")  # numeric order, not 'iter_2' > 'iter_10'
+    marker.write_text(str(tmp_path / "gone.pth"))
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / "iter_10.pth")
+    for step in (2, 10):
+        (tmp_path / f"iter_{step}.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="no complete"):
+        resume_checkpoint(str(tmp_path))
