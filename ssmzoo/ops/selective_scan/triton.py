@@ -58,10 +58,10 @@ Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-
 VMamba-T s1 7.5x the floor channels-first (copies + sequential kernels), 5.3x channels-last; Vim-S 6.6x,
 DPMamba-M intra 11-14x, inter 13-15x (host-bound: their kernels alone 7.9x and 7.5x). ncu's largest stall on every
 sequential kernel is waiting for global loads: a block's tiles are loaded into registers one block early (software
-pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues ~0.44 instructions
-per scheduler and cycle; the backward's first pass (recomputing the block-entry states) is 13 % of it (Vim-S);
-with one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was measured
-for each choice.
+pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues 0.50 instructions
+per scheduler and cycle, bound by dependent arithmetic; its first pass (recomputing the block-entry states) is 13 %
+of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was
+measured for each choice.
 """
 
 from __future__ import annotations
@@ -698,8 +698,8 @@ def _seq_fwd_kernel(
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     t = tl.arange(0, 8)
-    # PAR_ROUTES: one route per program (grid axis 2), the others walk no blocks; merged routes add into the fp32
-    # workspace (atomics) and the host finishes the merge
+    # PAR_ROUTES: one route per program (grid axis 2), the others walk no blocks; merged routes store their own
+    # plane of the workspace and _merge_routes sums them
     route = tl.program_id(2) if PAR_ROUTES else -1
     # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
     # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
@@ -1186,7 +1186,7 @@ def _seq_bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
-    route = tl.program_id(2) if PAR_ROUTES else -1  # as in the forward; sums over routes go through atomics
+    route = tl.program_id(2) if PAR_ROUTES else -1  # as in the forward; shared inputs' gradients go to route planes
     n = tl.arange(0, NP) * one  # `one` hides the stride from the compiler: n stays in registers
     t = tl.arange(0, BS)  # blocks of BS = 8 or 4 steps
     nb = n_sub * (8 // BS)  # with 4, a last block may be all padding (masked; it leaves the state alone)
