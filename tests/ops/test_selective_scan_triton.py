@@ -172,6 +172,7 @@ KNOB_PREFIXES = {
     "fwd32one": ("SEQ_ONE_STATE_FWD_LANES", 32),  # forward with one state: 32 channels a warp (not 64)
     "nockkernel": ("SEQ_ONE_STATE_CK_KERNEL", False),  # one state: the backward's first pass inside its kernel
     "ck64": ("SEQ_ONE_STATE_CK_LANES", None),  # one state: the checkpoint kernel with the forward's 64 lanes
+    "cksplit": ("SEQ_CK_KERNEL", True),  # N > 1: the backward's first pass as the checkpoint kernel too
     "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
 }
 
@@ -207,6 +208,47 @@ def check_merge_routes(kernels) -> None:
             torch.testing.assert_close(out.float(), want, atol=0, rtol=2**-7, msg="merged routes")
 
 
+def check_staged_once(kernels) -> None:
+    """Through the public op: a forward stages B and C in one launch and its backward reuses those rows (the
+    same B, C objects come back from autograd); the next call stages its own. B shared by the routes, C per route
+    (B expanded to the routes when staged); gradients against the chunked path in float64."""
+    staged = []
+    real = kernels._stage_kernel
+
+    class Counting:  # launch() falls back to kernel[grid] for objects without Triton's caches
+        def __getitem__(self, grid):
+            staged.append(grid)
+            return real[grid]
+
+    routes = directions.bidi(21)
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    tensors = make_case(batch=2, Dm=4, N=3, G=1, spatial=(21,), routes=routes, per_route_u=True, seed=seed)
+    tensors["B"] = tensors["B"][:, 0]  # (batch, G, N, L): shared by both routes
+    kernels._stage_kernel = Counting()
+    saved_backend = os.environ.get("SSMZOO_BACKEND")
+    try:
+        results = {}
+        for backend, dtype in (("triton", torch.float32), ("chunked", torch.float64)):
+            os.environ["SSMZOO_BACKEND"] = backend
+            for call in range(2):
+                leaves = {n: t.detach().to(dtype).requires_grad_() if t is not None else None
+                          for n, t in tensors.items()}
+                out = selective_scan(**leaves, routes=routes, merge="sum")
+                out.backward(torch.cos(out.detach()))
+                if backend == "triton":
+                    assert len(staged) == call + 1, f"call {call}: {len(staged)} staging launches in all"
+            results[backend] = (out, *(leaves[n].grad for n in ("u", "delta", "B", "C")))
+        for name, got, want in zip(("out", "du", "ddelta", "dB", "dC"), results["triton"], results["chunked"],
+                                   strict=True):
+            assert rel(got, want) < 2e-4, f"{name}: {rel(got, want):.3g}"
+    finally:
+        kernels._stage_kernel = real
+        if saved_backend is None:
+            os.environ.pop("SSMZOO_BACKEND", None)
+        else:
+            os.environ["SSMZOO_BACKEND"] = saved_backend
+
+
 def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
@@ -227,6 +269,9 @@ def run_interpreted_case(case_id: str) -> None:
         return
     if case_id == "merge-routes":
         check_merge_routes(kernels)
+        return
+    if case_id == "staged-once":
+        check_staged_once(kernels)
         return
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
         check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
@@ -272,7 +317,8 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes"] + [f"sequential:{c}" for c in SEQ_GRID_CASE]
+INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "staged-once"]
+               + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",

@@ -75,6 +75,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ssmzoo.ops.launch import launch
+
 __all__ = ["selective_scan", "selective_scan_backward", "route_kinds", "Config", "config_for"]
 
 FLAT, COL, TABLE = 0, 1, 2
@@ -1344,6 +1346,26 @@ def _relayout_kernel(src_ptr, dst_ptr, K, Dm, L, ss_b, ss_k, ss_d, ss_l, sd_b, s
 
 
 @triton.jit
+def _stage_kernel(b_ptr, c_ptr, out_ptr, Kb, G, N, L, length, sb_b, sb_k, sb_g, sb_n, sb_l, sc_b, sc_k, sc_g, sc_n,
+                  sc_l, NP: tl.constexpr, BL: tl.constexpr):
+    """out[0] = B, out[1] = C (program axis 2) as fp32 rows: out (2, batch, Kb, G, length, NP) contiguous from
+    (batch, Kb, G, N, L) of any strides, a [BL, NP] tile of steps by states a program; states N..NP-1 zero."""
+    bkg = tl.program_id(0).to(tl.int64)
+    b = bkg // (Kb * G)
+    k = (bkg // G) % Kb
+    g = bkg % G
+    ls = tl.program_id(1) * BL + tl.arange(0, BL)
+    n = tl.arange(0, NP)
+    m = (ls < L)[:, None] & (n < N)[None, :]
+    if tl.program_id(2) == 0:
+        x = tl.load(b_ptr + b * sb_b + k * sb_k + g * sb_g + n[None, :] * sb_n + ls[:, None] * sb_l, mask=m, other=0.0)
+    else:
+        x = tl.load(c_ptr + b * sc_b + k * sc_k + g * sc_g + n[None, :] * sc_n + ls[:, None] * sc_l, mask=m, other=0.0)
+    rows = out_ptr + ((tl.program_id(2) * tl.num_programs(0) + bkg) * length + ls[:, None]) * NP + n[None, :]
+    tl.store(rows, x.to(tl.float32), mask=(ls < L)[:, None])
+
+
+@triton.jit
 def _merge_routes_kernel(p_ptr, z_ptr, out_ptr, Dm, L, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
                          K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr,
                          BD: tl.constexpr, BL: tl.constexpr):
@@ -1495,8 +1517,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+_POISONED = os.environ.get(_POISON_ENV, "0") == "1"  # read once: an environment lookup per buffer costs host time
+
+
 def _poison() -> bool:
-    return os.environ.get(_POISON_ENV, "0") == "1"
+    return _POISONED
 
 
 def _new(shape, dtype, device) -> Tensor:
@@ -1614,7 +1639,7 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
     strides, order_strides = call.input_strides(u, delta, A, z)
     out_strides = out_view.stride() if out_view is not None else (0, 0, 0, 0)
     ws_strides = (ws.stride(0), ws.stride(2), ws.stride(3)) if ws is not None else (0, 0, 0)
-    _fwd_kernel[call.grid](
+    launch(_fwd_kernel, call.grid,
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, call.order, out, ws, chunk, states),
         *strides, *out_strides, *ws_strides, *order_strides, *call.sizes(),
         CARRY=chunk is not None and (call.n_tiles > 1 or initial_state is not None), SAVE_CHUNKS=save_chunks,
@@ -1674,6 +1699,12 @@ SEQ_ONE_STATE_FWD_PIPELINE = False
 # the forward's 64 the first pass took 1515 µs instead of 673 and the call 5428). H100.
 SEQ_ONE_STATE_CK_KERNEL = True
 SEQ_ONE_STATE_CK_LANES = 32  # its channels a warp (None: the forward's)
+# N > 1: the same split loses. The block-entry states are NP / 2 times u's bytes (fp32, a state row per 4 steps):
+# written by their own kernel they go to DRAM, where the backward's own first pass rereads most from L2 (its
+# program's rows, just written). H100 bf16 kernel µs, backward alone -> checkpoint kernel + backward: Vim-S 2420 ->
+# 514 + 2003, DPMamba intra 619 -> 185 + 498, inter 624 -> 116 + 535 (8 lanes, or a 144-register cap: no better).
+SEQ_CK_KERNEL = False
+SEQ_CK_LANES = 32
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
 # 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note.
@@ -1762,7 +1793,7 @@ def _relayout(src: Tensor, dst: Tensor) -> Tensor:
     moves a transposed bf16 tensor at a quarter of the bandwidth)."""
     batch, K, Dm, L = src.shape
     if src.numel():
-        _relayout_kernel[(batch * K, _cdiv(Dm, RELAYOUT_TILE), _cdiv(L, RELAYOUT_TILE))](
+        launch(_relayout_kernel, (batch * K, _cdiv(Dm, RELAYOUT_TILE), _cdiv(L, RELAYOUT_TILE)),
             src, dst, K, Dm, L, *src.stride(), *dst.stride(), BD=RELAYOUT_TILE, BL=RELAYOUT_TILE, num_warps=4)
     return dst
 
@@ -1773,7 +1804,7 @@ def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: boo
     batch, K, Dm, L = parts.shape
     zs = z.stride() if z is not None else (0, 0, 0)
     if out.numel():
-        _merge_routes_kernel[(_cdiv(L, RELAYOUT_TILE), _cdiv(Dm, RELAYOUT_TILE), batch)](
+        launch(_merge_routes_kernel, (_cdiv(L, RELAYOUT_TILE), _cdiv(Dm, RELAYOUT_TILE), batch),
             parts, parts if z is None else z, out, Dm, L, *parts.stride(), *zs, *out.stride(), K=K, MEAN=mean,
             HAS_Z=z is not None, FAST=FAST_MATH and not _INTERPRETED, BD=RELAYOUT_TILE, BL=RELAYOUT_TILE,
             num_warps=4)
@@ -1832,14 +1863,42 @@ def _route_planes(batch: int, K: int, Dm: int, L: int, dtype, device, channels_l
     return _natural(batch, K, Dm, L, dtype, device, channels_last)[1]
 
 
-def _stage_rows(x: Tensor, length: int, NP: int) -> Tensor:
-    """B or C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP): a step's N values are one contiguous row
-    that every thread of a program reads (16-byte loads). States N..NP-1 are zeros (they must add nothing); rows
-    L..length-1 are never read (the kernels clamp positions) and stay unwritten: one copy kernel when N = NP."""
-    N, L = x.shape[-2], x.shape[-1]
-    make = torch.empty if N == NP else torch.zeros
-    staged = make((*x.shape[:3], length, NP), dtype=torch.float32, device=x.device)
-    staged[..., :L, :N].copy_(x.transpose(-1, -2))
+def _stage_rows(B: Tensor, C: Tensor, length: int, NP: int) -> tuple[Tensor, Tensor]:
+    """B and C (B, Kb, G, N, L) as contiguous fp32 (B, Kb, G, length, NP) rows: a step's N values are one row that
+    every thread of a program reads (16-byte loads). States N..NP-1 are zeros (they must add nothing); rows
+    L..length-1 are never read (the kernels clamp positions) and stay unwritten. Both in one allocation and one
+    kernel (``_stage_kernel``): at the dual-path shapes the host time of two strided copies was longer than
+    the scan's kernels."""
+    batch, Kb, G, N, L = B.shape
+    staged = torch.empty((2, batch, Kb, G, length, NP), dtype=torch.float32, device=B.device)
+    if B.numel():
+        launch(_stage_kernel, (batch * Kb * G, _cdiv(L, STAGE_ROWS), 2), B, C, staged, Kb, G, N, L, length,
+               *B.stride(), *C.stride(), NP=NP, BL=STAGE_ROWS, num_warps=4)
+    return staged[0], staged[1]
+
+
+STAGE_ROWS = 64  # steps a program of _stage_kernel copies
+
+# Staged rows of the last forward calls, reused by their backward (the same B and C objects: autograd hands the
+# saved tensors back): saves the backward its staging. An entry lives while its B and C do (weak references).
+_staged_cache: dict[tuple[int, int], tuple] = {}
+
+
+def _staged_rows(B: Tensor, C: Tensor, K: int, length: int, NP: int) -> tuple[Tensor, Tensor]:
+    """``_stage_rows`` of B and C expanded to K routes (K = 1: as they are), from the cache when this B and C were
+    staged unchanged (same in-place versions) for the same K, length and NP."""
+    key = (id(B), id(C))
+    state = (_version(B), _version(C), K, length, NP)
+    hit = _staged_cache.get(key)
+    if hit is not None and hit[0]() is B and hit[1]() is C and hit[2] == state:
+        return hit[3]
+    expand = (lambda t: t.expand(-1, K, -1, -1, -1)) if K > 1 else (lambda t: t)
+    staged = _stage_rows(expand(B), expand(C), length, NP)
+
+    def drop(_, key=key):
+        _staged_cache.pop(key, None)
+
+    _staged_cache[key] = (weakref.ref(B, drop), weakref.ref(C, drop), state, staged)
     return staged
 
 
@@ -1857,9 +1916,8 @@ class _SeqCall:
         bc_routes = B.shape[1] > 1 or C.shape[1] > 1
         x_routes = (D is not None and D.shape[0] > 1) or (delta_bias is not None and delta_bias.shape[0] > 1)
         self.x_routes = x_routes
-        expand = (lambda t: t.expand(-1, self.K, -1, -1, -1)) if bc_routes else (lambda t: t)
         if staged is None:
-            staged = (_stage_rows(expand(B), self.n_sub * 8, self.NP), _stage_rows(expand(C), self.n_sub * 8, self.NP))
+            staged = _staged_rows(B, C, self.K if bc_routes else 1, self.n_sub * 8, self.NP)
         self.B, self.C = staged  # another call's, when given
         self.D = D.expand(self.K, -1) if D is not None and x_routes and D.shape[0] == 1 else D
         self.bias = (delta_bias.expand(self.K, -1) if delta_bias is not None and x_routes
@@ -1906,7 +1964,7 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     last = _new((batch, K, Dm, N), torch.float32, device) if return_last_state else None
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
     init = initial_state.contiguous() if initial_state is not None else None
-    _seq_fwd_kernel[call.grid](
+    launch(_seq_fwd_kernel, call.grid,
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, None),
         *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes, 0,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
@@ -1920,18 +1978,22 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
 
 
 def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad):
-    """The backward's first pass of a one-state call (blocks of 4) as the forward kernel's CK_ONLY mode: its own
-    registers (62) and warps per SM instead of the backward's (the first pass was 29 % of the backward's time,
-    VMamba-T s1); writes ck for ``_seq_bwd_kernel``, reusing ``call``'s staged B and C."""
-    lanes = SEQ_ONE_STATE_CK_LANES or _seq_lanes(1, "fwd", call.batch, call.Dm)
+    """The backward's first pass (blocks of 4) as the forward kernel's CK_ONLY mode: its own registers (62 with one
+    state) and warps per SM instead of the backward's (the first pass was 29 % of the backward's time, VMamba-T s1);
+    writes ck for ``_seq_bwd_kernel``, reusing ``call``'s staged B and C. One state always; N > 1 with
+    SEQ_CK_KERNEL."""
+    if call.N == 1:
+        lanes = SEQ_ONE_STATE_CK_LANES or _seq_lanes(1, "fwd", call.batch, call.Dm)
+    else:
+        lanes = SEQ_CK_LANES
     fcall = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes, staged=(call.B, call.C))
-    _seq_fwd_kernel[fcall.grid](
+    launch(_seq_fwd_kernel, fcall.grid,
         *_or_dummy(u, u, delta, A, fcall.B, fcall.C, fcall.D, None, fcall.bias, order, init, None, None, None, None,
                    ck),
         *fcall.strides(u, delta, A, None), *([0] * 4), *([0] * 4), *fcall.order_strides(), *fcall.sizes, d_pad,
         HAS_Z=False, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=False, RET_STATES=False,
         **{**fcall.flags, "MERGE": 0}, AHEAD=1, PIPE=False, CK_ONLY=True, num_warps=1,
-        **_maxnreg(SEQ_ONE_STATE_FWD_MAXNREG),
+        **_maxnreg(SEQ_ONE_STATE_FWD_MAXNREG if call.N == 1 else SEQ_FWD_MAXNREG),
     )
 
 
@@ -1945,7 +2007,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
     ck = _new((batch, K, call.n_sub * 8 // block, call.NP, d_pad), torch.float32, device)
     init = initial_state.contiguous() if initial_state is not None else None
-    ck_kernel = N == 1 and block == 4 and SEQ_ONE_STATE_CK_KERNEL
+    ck_kernel = block == 4 and (SEQ_ONE_STATE_CK_KERNEL if N == 1 else SEQ_CK_KERNEL)
     if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
         _seq_checkpoints(call, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
@@ -1975,7 +2037,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dlast = dlast.contiguous() if dlast is not None else None
     dstates = dstates.contiguous() if dstates is not None else None
     dz_strides = dz.stride() if dz is not None else (0, 0, 0)
-    _seq_bwd_kernel[call.grid](
+    launch(_seq_bwd_kernel, call.grid,
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, dy_view, dlast, dstates, ck,
                    du, ddelta, dB, dC, dA, dD, dbias, dz, dinit, wsu, wsdl, wsz),
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
@@ -2086,7 +2148,7 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
     ws_strides = next(((w.stride(0), w.stride(2), w.stride(3)) for w in (wsu, wsdl, wsz) if w is not None), (0, 0, 0))
     strides, order_strides = call.input_strides(u, delta, A, z)
     dz_strides = dz.stride() if dz is not None else (0, 0, 0)
-    _bwd_kernel[call.grid](
+    launch(_bwd_kernel, call.grid,
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, dy_view, chunk, gc, dstates, du,
                    ddelta, dB, dC, dA, dD, dbias, dz, wsu, wsdl, wsz),
         *strides, *dy_view.stride(), *order_strides, *du.stride(), *ddelta.stride(), *dz_strides, *ws_strides,
