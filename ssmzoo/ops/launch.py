@@ -5,7 +5,8 @@
 strings, knob and global-variable checks and launch metadata before the compiled launcher (~15-18 µs). At the
 dual-path Mamba shapes the scan is host-bound, so ``launch`` keeps the first two and the last: the same binder
 (hence the same specialisation: integers equal to 1 or divisible by 16, pointer alignment, dtypes), its result as
-the key of a dict of compiled kernels, and the compiled kernel's launcher. A key seen for the first time, an
+the key of a dict of compiled kernels, and the compiled kernel's launcher, given raw addresses (the launcher
+otherwise calls ``data_ptr()`` and queries the driver for every tensor argument). A key seen for the first time, an
 active launch hook (profilers) or a Triton without these internals take ``kernel[grid]`` itself, which compiles,
 checks and launches as usual.
 """
@@ -19,7 +20,8 @@ __all__ = ["launch"]
 
 FAST_LAUNCH = True  # off: every launch through JITFunction.run
 
-_compiled: dict[tuple, object] = {}  # (kernel, specialisation, options) -> CompiledKernel
+# (kernel, device, specialisation, options) -> (CompiledKernel, positions of its pointer arguments)
+_compiled: dict[tuple, tuple] = {}
 _COMPILED_MAX = 4096  # distinct specialisations kept (shapes vary, e.g. audio lengths); then start over
 
 
@@ -38,13 +40,19 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     binder = caches[device][-1]
     bound, specialization, options = binder(*args, **kwargs)
     key = (kernel, device, tuple(specialization), tuple(options.items()))
-    compiled = _compiled.get(key)
-    if compiled is None or _hooks_active():
+    hit = _compiled.get(key)
+    if hit is None or _hooks_active():
         compiled = kernel[grid](*args, **kwargs)  # compiles on a miss; runs the hooks when a profiler set them
         if len(_compiled) >= _COMPILED_MAX:
             _compiled.clear()
-        _compiled[key] = compiled
+        pointers = tuple(i for i, (kind, _) in enumerate(specialization) if kind.startswith("*"))
+        _compiled[key] = (compiled, pointers)
         return
+    compiled, pointers = hit
+    values = list(bound.values())
+    for i in pointers:  # raw addresses: the launcher then skips a data_ptr() call and a driver query per tensor
+        if values[i] is not None:
+            values[i] = values[i].data_ptr()
     grid = (*grid, 1, 1)
     compiled.run(grid[0], grid[1], grid[2], torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                 compiled.packed_metadata, None, None, None, *bound.values())
+                 compiled.packed_metadata, None, None, None, *values)

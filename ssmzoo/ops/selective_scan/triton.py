@@ -1762,12 +1762,8 @@ def _seq_lanes(N: int, which: str, batch: int, Dm: int) -> int:
 def _zeroed_views(device, *shapes) -> list[Tensor | None]:
     """Zeroed fp32 tensors of the given shapes (None for None), views of one allocation."""
     sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
-    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
-    views, start = [], 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        views.append(None if shape is None else flat[start:start + size].view(shape))
-        start += size
-    return views
+    parts = torch.zeros(sum(sizes), dtype=torch.float32, device=device).split(sizes)
+    return [None if shape is None else part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
 
 
 def sequential(kinds: tuple[int, ...], channels_last: bool = False) -> bool:
