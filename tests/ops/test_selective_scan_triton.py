@@ -174,6 +174,7 @@ KNOB_PREFIXES = {
     "ck64": ("SEQ_ONE_STATE_CK_LANES", None),  # one state: the checkpoint kernel with the forward's 64 lanes
     "cksplit": ("SEQ_CK_KERNEL", True),  # N > 1: the backward's first pass as the checkpoint kernel too
     "tiles": ("SEQ_GRID_VIA_CHANNELS_LAST", False),  # channels-first grid routes on the tile kernels (no copies)
+    "cfdirect": ("SEQ_CF_DIRECT_GRADS", True),  # channels-first grid routes: gradients stored in place, not copied
 }
 
 
@@ -334,7 +335,9 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
                   "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels",
                   "nockkernel:cross2d-one-state-70-channels", "ck64:cross2d-one-state-70-channels",
-                  "nockkernel:parallel:cross2d-channels-last-per-route-out"])
+                  "nockkernel:parallel:cross2d-channels-last-per-route-out",
+                  "parallel:cross2d-groups-shared-u", "parallel:large", "cfdirect:cross2d-groups-shared-u",
+                  "cfdirect:parallel:large"])
 
 
 @pytest.fixture(scope="module")

@@ -1816,31 +1816,55 @@ def _channels_last_copy(x: Tensor | None) -> Tensor | None:
     return y if x.dim() == 4 else y.squeeze(1)
 
 
+# Channels-first grid routes on channels-last copies: the backward kernel stores every gradient (du, ddelta, dz)
+# straight into the channels-first result, a channel's 4 steps at a time, instead of a copy back afterwards. Loses
+# badly (a warp's store touches 32 rows): VMamba-T s1 bf16 backward 4490 -> 14800 µs (fp32 6735 -> 18216), H100.
+# What does pay: route planes summed by _merge_routes straight into the channels-first output and shared inputs'
+# gradients (no copy back): fwd+bwd 6557 -> 6310 µs.
+SEQ_CF_DIRECT_GRADS = False
+
+
 def _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
                                    return_last_state, return_states, out_dtype):
-    """``_seq_forward`` of a channels-first call on channels-last copies; y copied back to channels-first."""
+    """``_seq_forward`` of a channels-first call on channels-last copies. Merged routes of one program each are
+    summed by ``_merge_routes`` straight into the channels-first output (it reads z where it is); else y is copied
+    back."""
+    per_route = merge == "none"
+    batch, _, Dm, L = u.shape
+    if not per_route and parallel_routes(order.shape[-2], L):
+        into = _natural(batch, None, Dm, L, out_dtype or torch.float32, u.device, False)
+        return _seq_forward(_channels_last_copy(u), _channels_last_copy(delta), A, B, C, D, z, delta_bias,
+                            initial_state, order, delta_softplus, merge, True, return_last_state, return_states,
+                            out_dtype, into=into)
     y, last, states = _seq_forward(_channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
                                    _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge,
                                    True, return_last_state, return_states, out_dtype)
-    per_route = merge == "none"
-    out, out_view = _natural(y.shape[0], y.shape[2] if per_route else None, u.shape[2], u.shape[3], y.dtype, u.device,
-                             False)
+    out, out_view = _natural(batch, y.shape[2] if per_route else None, Dm, L, y.dtype, u.device, False)
     _relayout(_canonical_dy(y, 0 if per_route else 1, True), out_view)
     return out, last, states
 
 
 def _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                                     delta_softplus, merge):
-    """``_seq_backward`` of a channels-first call on channels-last copies; du, ddelta, dz copied back."""
+    """``_seq_backward`` of a channels-first call on channels-last copies. Gradients of inputs the routes share,
+    with one route per program, are route planes that ``_merge_routes`` sums straight into channels-first
+    gradients; the others are copied back (or stored in place, SEQ_CF_DIRECT_GRADS)."""
     per_route = merge == "none"
     dy_cl, dy_cl_view = _natural(dy.shape[0], dy.shape[1] if per_route else None, u.shape[2], u.shape[3], dy.dtype,
                                  dy.device, True)
     _relayout(_canonical_dy(dy, 0 if per_route else 1, False), dy_cl_view)
+    planes = parallel_routes(order.shape[-2], u.shape[-1])
+    into = {name: _like(x) for name, x, shared in (("du", u, u.shape[1] == 1), ("ddelta", delta, delta.shape[1] == 1),
+                                                    ("dz", z, True))
+            if x is not None and ((planes and shared) or SEQ_CF_DIRECT_GRADS)}
     grads = _seq_backward(dy_cl, dlast, dstates, _channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
-                          _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge, True)
-    grads[0] = _relayout(grads[0], _like(u))
-    grads[1] = _relayout(grads[1], _like(delta))
-    if z is not None:
+                          _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge, True,
+                          into=into)
+    if "du" not in into:
+        grads[0] = _relayout(grads[0], _like(u))
+    if "ddelta" not in into:
+        grads[1] = _relayout(grads[1], _like(delta))
+    if z is not None and "dz" not in into:
         grads[6] = _relayout(grads[6].unsqueeze(1), _like(z).unsqueeze(1)).squeeze(1)
     return grads
 
@@ -1943,12 +1967,17 @@ class _SeqCall:
 
 
 def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge, channels_last,
-                 return_last_state, return_states, out_dtype):
+                 return_last_state, return_states, out_dtype, into=None):
+    """The sequential forward; ``into``: the output and its canonical view to write (another layout than the
+    inputs': a channels-first call on channels-last copies whose route planes are merged straight into it)."""
     lanes = _seq_lanes(A.shape[-1], "fwd", u.shape[0], u.shape[2])
     call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes)
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
-    out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
-                             channels_last)
+    if into is not None:
+        out, out_view = into
+    else:
+        out, out_view = _natural(batch, K if call.merge == 0 else None, Dm, L, out_dtype or torch.float32, device,
+                                 channels_last)
     merged = call.merge and K > 1
     planes = merged and call.par_routes  # one plane a route, summed below; else one fp32 running sum
     if planes:
@@ -1994,7 +2023,10 @@ def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, ord
 
 
 def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus,
-                  merge, channels_last):
+                  merge, channels_last, into=None):
+    """The sequential backward; ``into``: gradient buffers ("du", "ddelta", "dz") to write instead of buffers
+    like the inputs (a channels-first call on channels-last copies: see ``_seq_backward_via_channels_last``)."""
+    into = into or {}
     lanes = _seq_lanes(A.shape[-1], "bwd", u.shape[0], u.shape[2])
     call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes)
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
@@ -2007,8 +2039,9 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
         _seq_checkpoints(call, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
-    du, ddelta = _like(u), _like(delta)
-    dz = _like(z) if z is not None else None
+    du = into["du"] if "du" in into else _like(u)
+    ddelta = into["ddelta"] if "ddelta" in into else _like(delta)
+    dz = (into["dz"] if "dz" in into else _like(z)) if z is not None else None
     Kx = K if call.x_routes else 1
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
     scatter = SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4 and call.block_d >= 8
