@@ -92,14 +92,18 @@ def compile_kernels(call, arch: int) -> list[dict]:
                             **sass_stats(kernel.asm["cubin"])))
         return kernel
 
+    from ssmzoo.ops import launch
+
     active = driver._active  # None until first used; restored afterwards (reset_active fails with no GPU)
     driver.set_active(_CompileOnlyDriver(arch))
     jit.JITFunction.run = compile_only
+    fast, launch.FAST_LAUNCH = launch.FAST_LAUNCH, False  # every launch through JITFunction.run: compiled, not run
     try:
         call()
     finally:
         jit.JITFunction.run = run
         driver._active = active
+        launch.FAST_LAUNCH = fast
     return records
 
 
