@@ -55,13 +55,14 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 7.5x the floor channels-first (copies + sequential kernels), 5.3x channels-last; Vim-S 6.6x,
-DPMamba-M intra 11-14x, inter 13-15x (host-bound: their kernels alone 7.9x and 7.5x). ncu's largest stall on every
-sequential kernel is waiting for global loads: a block's tiles are loaded into registers one block early (software
-pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues 0.50 instructions
-per scheduler and cycle, bound by dependent arithmetic; its first pass (recomputing the block-entry states) is 13 %
-of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The knobs below record what was
-measured for each choice.
+VMamba-T s1 7.2x the floor channels-first (copies + sequential kernels), 5.2x channels-last; Vim-S 6.4x,
+DPMamba-M intra and inter 13-15x (host-bound: their kernels alone 7.2x and 7.0x; B and C are staged by one kernel
+and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
+stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
+block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues
+0.50 instructions per scheduler and cycle, bound by dependent arithmetic; its first pass (recomputing the
+block-entry states) is 13 % of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The
+knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
