@@ -1363,12 +1363,14 @@ def _stage_kernel(b_ptr, c_ptr, out_ptr, Kb, G, N, L, length, sb_b, sb_k, sb_g, 
     ls = tl.program_id(1) * BL + tl.arange(0, BL)
     n = tl.arange(0, NP)
     m = (ls < L)[:, None] & (n < N)[None, :]
-    if tl.program_id(2) == 0:
-        x = tl.load(b_ptr + b * sb_b + k * sb_k + g * sb_g + n[None, :] * sb_n + ls[:, None] * sb_l, mask=m, other=0.0)
+    if tl.program_id(2) == 0:  # (converted in each branch: B and C may differ in dtype)
+        x = tl.load(b_ptr + b * sb_b + k * sb_k + g * sb_g + n[None, :] * sb_n + ls[:, None] * sb_l, mask=m,
+                    other=0.0).to(tl.float32)
     else:
-        x = tl.load(c_ptr + b * sc_b + k * sc_k + g * sc_g + n[None, :] * sc_n + ls[:, None] * sc_l, mask=m, other=0.0)
+        x = tl.load(c_ptr + b * sc_b + k * sc_k + g * sc_g + n[None, :] * sc_n + ls[:, None] * sc_l, mask=m,
+                    other=0.0).to(tl.float32)
     rows = out_ptr + ((tl.program_id(2) * tl.num_programs(0) + bkg) * length + ls[:, None]) * NP + n[None, :]
-    tl.store(rows, x.to(tl.float32), mask=(ls < L)[:, None])
+    tl.store(rows, x, mask=(ls < L)[:, None])
 
 
 @triton.jit
