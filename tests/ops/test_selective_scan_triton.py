@@ -158,7 +158,7 @@ LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cro
 # per channel), all routes in one program, and atomics for dB/dC when N > 1; these reach the other choices.
 KNOB_PREFIXES = {
     "bwd16": ("SEQ_BWD_LANES", 16),  # 16 lanes (2 threads per channel)
-    "fwd32": ("SEQ_FWD_FEW_PROGRAMS", 0),  # forward: 32 lanes whatever the number of programs
+    "fwd32": ("SEQ_FWD_LANES", 32),  # forward with N > 1: 32 lanes (a channel's states in one thread)
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route planes summed by _merge_routes
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
@@ -488,7 +488,7 @@ def test_gpu_matches_chunked_float64(name, dtype):
 GPU_KNOB_CASES = {
     "backward-blocks-of-8-steps": ("SEQ_BWD_BLOCK", 8, "vim-s"),
     "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
-    "forward-32-lanes": ("SEQ_FWD_FEW_PROGRAMS", 0, "vim-s"),
+    "forward-32-lanes": ("SEQ_FWD_LANES", 32, "vim-s"),
     "dB-dC-reduce-scatter": ("SEQ_SCATTER_BC", True, "dpmamba-inter"),
     "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
     "all-routes-in-one-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 10**9, "vim-s"),

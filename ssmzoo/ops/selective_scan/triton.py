@@ -9,10 +9,9 @@ Two kernel families share the contract:
 - Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; and grid routes in the
   channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``;
   channels-first grid routes run them on channels-last copies, ``via_channels_last``): one
-  program = one warp of channels, each thread walks its channel's route step by step with the N states in
-  registers (the backward splits N over four lane groups, 8 channels a warp, and so does the forward when a call
-  has too few programs to fill the GPU; one state: a thread per channel in the backward, two channels a thread
-  in the forward: ``_seq_lanes``). Tiles of 8 steps
+  program = one warp of channels, each thread walks its channel's route step by step with its share of the N
+  states in registers (N split over four lane groups, 8 channels a warp, a thread's states contiguous; one state:
+  a thread per channel in the backward, two channels a thread in the forward: ``_seq_lanes``). Tiles of 8 steps
   are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
   (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
@@ -1655,8 +1654,12 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
     )
 
 
-# Sequential kernels: channels per program (one warp) and N split over lanes in the backward (fewer registers).
-SEQ_FWD_LANES = 32
+# Sequential kernels: channels per program (one warp), N split over lanes (fewer registers, more programs).
+# Forward with N > 1: 8 channels a warp (a channel's states over 4 threads). Since a thread's states are contiguous
+# B/C rows (16-byte loads) this beats 32 lanes (all states in one thread, 255 registers) on every shape: kernel µs,
+# 32 -> 8 lanes, Vim-S bf16 440 -> 419, fp32 524 -> 477, DPMamba inter 119 -> 117 (16 lanes: 431, 139); before
+# it, 8 lanes were taken only when 32 left the GPU mostly idle (DPMamba intra, 544 programs: 182 µs). H100.
+SEQ_FWD_LANES = 8
 # backward with N > 1: 8 channels a warp (a channel's states over 4 threads), or more when N is too small to fill a
 # warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs; Vim-S 3747 vs 3787,
 # a tie; H100 bf16, issue #4 note).
@@ -1747,24 +1750,15 @@ SEQ_GRID_VIA_CHANNELS_LAST = True
 RELAYOUT_TILE = 64
 
 
-# Forward with N > 1 and fewer 32-channel programs than this (one wave at 8 warps per SM of an H100's 132): 8 lanes,
-# a channel's states over 4 threads, 4x the programs at 96 registers (DPMamba intra, 544 programs: 0.78 waves instead
-# of 0.52; kernel 182 µs, the call host-bound: 193-426 µs vs 219-301 at 32 lanes, H100 bf16, issue #4 note).
-SEQ_FWD_FEW_PROGRAMS = 1056
-SEQ_FWD_FEW_LANES = 8
-
 
 def _seq_lanes(N: int, which: str, batch: int, Dm: int) -> int:
     """Channels per program (one warp) of the sequential kernels. With one state a thread cannot share its channel:
-    32 lanes. Else the forward keeps a channel's states in one thread (32 lanes) unless that leaves the GPU mostly
-    idle, and the backward splits them over threads (fewer registers a thread, more programs to hide latency), at
-    least one state a thread. Measured on an H100 (tools/benchmark.py ops, issue #4 note)."""
+    one or two channels a thread. Else both split a channel's states over threads (fewer registers a thread, more
+    programs to hide latency), at least one state a thread. Measured on an H100 (tools/benchmark.py ops, issue #4
+    notes); batch and Dm are there for choices by the call's size (none now)."""
     if N == 1:
         return SEQ_ONE_STATE_FWD_LANES if which == "fwd" else SEQ_ONE_STATE_LANES
-    if which == "fwd":
-        few = batch * _cdiv(Dm, SEQ_FWD_LANES) < SEQ_FWD_FEW_PROGRAMS
-        return max(SEQ_FWD_FEW_LANES, 32 // _pow2(N)) if few else SEQ_FWD_LANES
-    return max(SEQ_BWD_LANES, 32 // _pow2(N))
+    return max(SEQ_FWD_LANES if which == "fwd" else SEQ_BWD_LANES, 32 // _pow2(N))
 
 
 def _zeroed_views(device, *shapes) -> list[Tensor | None]:
