@@ -392,8 +392,8 @@ def test_kernel_family_and_lanes_choice():
 
     assert lanes(1, "bwd", 128, 192) == 32  # one state: one thread a channel in the backward
     assert lanes(1, "fwd", 2, 192) == 64  # two a thread in the forward (whole 128-byte rows of bf16)
-    assert lanes(16, "fwd", 128, 768) == lanes(16, "fwd", 250, 512) == 32  # Vim-S, DPMamba inter: enough programs
-    assert lanes(16, "fwd", 34, 512) == 8  # DPMamba intra: 544 programs of 32 channels would leave half the GPU idle
+    # N > 1 forward: a channel's states over 4 threads, whatever the call's size (Vim-S, DPMamba inter and intra)
+    assert lanes(16, "fwd", 128, 768) == lanes(16, "fwd", 250, 512) == lanes(16, "fwd", 34, 512) == 8
     assert lanes(16, "bwd", 128, 768) == lanes(64, "bwd", 1, 64) == 8  # a channel's states over 4 threads
     assert lanes(2, "bwd", 128, 768) == lanes(2, "fwd", 1, 64) == 16  # at least one state a thread
     assert lanes(3, "bwd", 1, 64) == 8
