@@ -546,6 +546,29 @@ def test_gpu_b_and_c_of_different_dtypes(monkeypatch):
 
 
 @gpu
+def test_gpu_tensors_on_a_device_that_is_not_the_current_one(monkeypatch):
+    """Tensors on the second GPU while the first is current: the kernels run where the tensors are (forward and
+    gradients against the chunked path in float64 on that device)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    routes = directions.bidi(50)
+    kw = make_case(batch=2, Dm=32, N=16, G=1, spatial=(50,), routes=routes, per_route_u=True, device="cuda:1",
+                   seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    results = {}
+    with torch.cuda.device(0):
+        for backend, dtype in (("triton", None), ("chunked", torch.float64)):
+            monkeypatch.setenv("SSMZOO_BACKEND", backend)
+            leaves = {n: (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_() if t is not None
+                      else None for n, t in kw.items()}
+            out = selective_scan(**leaves, routes=routes, merge="sum")
+            out.backward(torch.cos(out.detach()))
+            results[backend] = (out.detach(), leaves["u"].grad, leaves["B"].grad, leaves["A"].grad)
+    assert results["triton"][0].device == torch.device("cuda:1")
+    for name, got, want in zip(("out", "du", "dB", "dA"), results["triton"], results["chunked"], strict=True):
+        assert rel(got, want) < 2e-4, name
+
+
+@gpu
 def test_gpu_public_op_dispatches_to_triton_with_autograd(monkeypatch):
     """selective_scan on CUDA tensors runs the Triton kernels (no fallback warning) and backpropagates."""
     if not torch.cuda.is_available():

@@ -12,6 +12,7 @@ traced directly, so the ONNX graph holds standard ops only; torch.compile and to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -89,12 +90,21 @@ def _toolchain_errors() -> tuple[type[BaseException], ...]:
     return (PTXASError, OutOfResources)
 
 
+def _on_device(device: torch.device):
+    """The device guard for a call on ``device``: Triton launches its kernels on the current CUDA device, which
+    need not be the tensors' (a model on cuda:1 while cuda:0 is current)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def _with_fallback(device: torch.device, method: str, *args):
-    """``backend.<method>(*args)``; when the Triton backend cannot compile here, warn once and run chunked from
-    then on for this device type."""
+    """``backend.<method>(*args)`` on ``device``; when the Triton backend cannot compile here, warn once and run
+    chunked from then on for this device type."""
     backend = _op_backend(device)
     try:
-        return getattr(backend, method)(*args)
+        with _on_device(device):
+            return getattr(backend, method)(*args)
     except _toolchain_errors() as err:
         if backend is not _load("triton"):
             raise
@@ -102,7 +112,8 @@ def _with_fallback(device: torch.device, method: str, *args):
         _warn_once(f"triton-failed-{device.type}", f"selective_scan: the Triton kernels cannot be compiled or "
                                                     f"launched on this {device.type} device ({type(err).__name__}: "
                                                     f"{err}); using the chunked PyTorch path (slower)")
-        return getattr(_load("chunked"), method)(*args)
+        with _on_device(device):
+            return getattr(_load("chunked"), method)(*args)
 
 
 def _empty(x: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
