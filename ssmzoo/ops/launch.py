@@ -7,18 +7,21 @@ dual-path Mamba shapes the scan is host-bound, so ``launch`` keeps the first two
 (hence the same specialisation: integers equal to 1 or divisible by 16, pointer alignment, dtypes), its result as
 the key of a dict of compiled kernels, and the compiled kernel's launcher, given raw addresses (the launcher
 otherwise calls ``data_ptr()`` and queries the driver for every tensor argument). A key seen for the first time, an
-active launch hook (profilers) or a Triton without these internals take ``kernel[grid]`` itself, which compiles,
-checks and launches as usual.
+active launch hook (profilers), an interpreted kernel or a Triton other than 3.6 take ``kernel[grid]`` itself,
+which compiles, checks and launches as usual.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
 from triton import knobs
 
 __all__ = ["launch"]
 
-FAST_LAUNCH = True  # off: every launch through JITFunction.run
+# The short path uses Triton internals (the per-device binder, CompiledKernel.run's arguments) as Triton 3.6 has
+# them, the version torch 2.11 pins; another Triton takes JITFunction.run. Off: every launch through it.
+FAST_LAUNCH = triton.__version__.split(".")[:2] == ["3", "6"]
 
 # (kernel, device, specialisation, options) -> (CompiledKernel, positions of its pointer arguments)
 _compiled: dict[tuple, tuple] = {}

@@ -37,6 +37,8 @@ def test_short_path_matches_triton_for_every_specialisation():
     short path after its first and must give Triton's result; each specialisation gets its own compiled kernel."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    if not launch_module.FAST_LAUNCH:
+        pytest.skip(f"the short path is off for Triton {triton.__version__}")
     launch_module._compiled.clear()
     gen = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     cases = []
