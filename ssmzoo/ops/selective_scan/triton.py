@@ -1398,7 +1398,23 @@ def _merge_routes_kernel(p_ptr, z_ptr, out_ptr, Dm, L, sp_b, sp_k, sp_d, sp_l, s
 # Host side: routes, configuration, launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-_route_cache: dict[int, tuple[weakref.ref, int, tuple]] = {}
+def _memo(cache: dict, tensors: tuple[Tensor, ...], state: tuple, make):
+    """``make()``, remembered in ``cache`` for these tensor objects while they live (weak references) and while
+    ``state`` (their in-place versions and whatever else the result depends on) is unchanged."""
+    key = tuple(id(t) for t in tensors)
+    hit = cache.get(key)
+    if hit is not None and hit[1] == state and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
+        return hit[2]
+    result = make()
+
+    def drop(_, key=key):
+        cache.pop(key, None)
+
+    cache[key] = (tuple(weakref.ref(t, drop) for t in tensors), state, result)
+    return result
+
+
+_route_cache: dict[tuple[int], tuple] = {}
 
 
 def route_kinds(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, int]:
@@ -1408,14 +1424,7 @@ def route_kinds(order: Tensor) -> tuple[tuple[int, ...], tuple[bool, ...], int, 
     reverse) or TABLE (positions read from ``order``; per-sample routes always). The answer is cached per tensor
     object (routes keep their device tensors), so the host sync happens once per route set.
     """
-    key = id(order)
-    version = _version(order)
-    hit = _route_cache.get(key)
-    if hit is not None and hit[0]() is order and hit[1] == version:
-        return hit[2]
-    result = _classify(order)
-    _route_cache[key] = (weakref.ref(order, lambda _, key=key: _route_cache.pop(key, None)), version, result)
-    return result
+    return _memo(_route_cache, (order,), (_version(order),), lambda: _classify(order))
 
 
 def _version(t: Tensor) -> int:
@@ -1909,19 +1918,9 @@ _staged_cache: dict[tuple[int, int], tuple] = {}
 def _staged_rows(B: Tensor, C: Tensor, K: int, length: int, NP: int) -> tuple[Tensor, Tensor]:
     """``_stage_rows`` of B and C expanded to K routes (K = 1: as they are), from the cache when this B and C were
     staged unchanged (same in-place versions) for the same K, length and NP."""
-    key = (id(B), id(C))
-    state = (_version(B), _version(C), K, length, NP)
-    hit = _staged_cache.get(key)
-    if hit is not None and hit[0]() is B and hit[1]() is C and hit[2] == state:
-        return hit[3]
     expand = (lambda t: t.expand(-1, K, -1, -1, -1)) if K > 1 else (lambda t: t)
-    staged = _stage_rows(expand(B), expand(C), length, NP)
-
-    def drop(_, key=key):
-        _staged_cache.pop(key, None)
-
-    _staged_cache[key] = (weakref.ref(B, drop), weakref.ref(C, drop), state, staged)
-    return staged
+    return _memo(_staged_cache, (B, C), (_version(B), _version(C), K, length, NP),
+                 lambda: _stage_rows(expand(B), expand(C), length, NP))
 
 
 class _SeqCall:
