@@ -167,6 +167,25 @@ def test_reference_and_chunked_backends_agree_through_public_api(monkeypatch):
     assert rel_err(outs["chunked"][1], outs["reference"][1]) < 1e-5
 
 
+@pytest.mark.parametrize("used", ["out", "last", "states", "last+states"])
+def test_gradients_when_only_some_outputs_reach_the_loss(monkeypatch, used):
+    """The eager path hands the backward None for an output the loss does not use (no zero-filled gradients):
+    gradients must equal those of the reference definition under autograd, whichever outputs are used."""
+    leaves = {k: v.double().requires_grad_() for k, v in _vmamba_args().items() if isinstance(v, torch.Tensor)}
+    grads = {}
+    for name in ("reference", "chunked"):
+        monkeypatch.setenv("SSMZOO_BACKEND", name)
+        out, last, states = selective_scan(**leaves, routes=directions.cross2d(3, 5), return_last_state=True,
+                                           return_states=True)
+        parts = {"out": out, "last": last, "states": states}
+        loss = sum((parts[p] * torch.linspace(-1, 1, parts[p].numel(), dtype=torch.float64).view_as(parts[p])).sum()
+                   for p in used.split("+"))
+        got = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)  # D: not in last_state
+        grads[name] = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves.values(), got, strict=True)]
+    for key, got, want in zip(leaves, grads["chunked"], grads["reference"], strict=True):
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), key
+
+
 class _SS2DCore(torch.nn.Module):
     """The scan part of a VMamba block in channels-last form: the shape of what models wrap around the op."""
 

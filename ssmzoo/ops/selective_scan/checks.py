@@ -85,11 +85,14 @@ def _spatial_rank(u: Tensor, routes: str | Routes, channels_last: bool, Dm: int)
 
 
 def _flat(x: Tensor, n_feat: int, S: int, L: int, channels_last: bool) -> Tensor:
-    """(B, *feat, *spatial) or (B, *spatial, *feat) -> (B, *feat, L) without copying when strides allow."""
+    """(B, *feat, *spatial) or (B, *spatial, *feat) -> (B, *feat, L) without copying when strides allow. A flat
+    spatial axis is not reshaped: a same-shape reshape is still a view, one more autograd node per input
+    (host time in the backward at the host-bound speech shapes)."""
     if channels_last:
-        x = x.reshape(x.shape[0], L, *x.shape[1 + S:])
+        if S > 1:
+            x = x.reshape(x.shape[0], L, *x.shape[1 + S:])
         return x.movedim(1, -1)
-    return x.reshape(*x.shape[:1 + n_feat], L)
+    return x if S == 1 else x.reshape(*x.shape[:1 + n_feat], L)
 
 
 def _activation(name: str, x: Tensor, feats: list[tuple], batch: int, spatial: tuple[int, ...], L: int,

@@ -1911,15 +1911,21 @@ def _stage_rows(B: Tensor, C: Tensor, length: int, NP: int) -> tuple[Tensor, Ten
 STAGE_ROWS = 64  # steps a program of _stage_kernel copies
 
 # Staged rows of the last forward calls, reused by their backward (the same B and C objects: autograd hands the
-# saved tensors back): saves the backward its staging. An entry lives while its B and C do (weak references).
+# saved tensors back): saves the backward its staging. An entry lives while its B and C do (weak references); with
+# flat (B, K, G, N, L) inputs those are the caller's own tensors, so a later call with the same unchanged B and C
+# reuses it too.
 _staged_cache: dict[tuple[int, int], tuple] = {}
 
 
 def _staged_rows(B: Tensor, C: Tensor, K: int, length: int, NP: int) -> tuple[Tensor, Tensor]:
     """``_stage_rows`` of B and C expanded to K routes (K = 1: as they are), from the cache when this B and C were
-    staged unchanged (same in-place versions) for the same K, length and NP."""
+    staged unchanged (same in-place versions) for the same K, length and NP. Inference tensors have no version
+    counter (a buffer refilled in place under torch.inference_mode keeps its address): never cached, and they need
+    no backward."""
     expand = (lambda t: t.expand(-1, K, -1, -1, -1)) if K > 1 else (lambda t: t)
-    return _memo(_staged_cache, (B, C), (_version(B), _version(C), K, length, NP),
+    if B.is_inference() or C.is_inference():
+        return _stage_rows(expand(B), expand(C), length, NP)
+    return _memo(_staged_cache, (B, C), (B._version, C._version, K, length, NP),
                  lambda: _stage_rows(expand(B), expand(C), length, NP))
 
 
@@ -2117,10 +2123,11 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                       delta_softplus, merge, channels_last, return_last_state, return_states,
                                       out_dtype)
     _check(u, delta, B, C, z)
-    if via_channels_last(route_kinds(order)[0], channels_last):
+    kinds = route_kinds(order)[0]
+    if via_channels_last(kinds, channels_last):
         return _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                                               delta_softplus, merge, return_last_state, return_states, out_dtype)
-    if sequential(route_kinds(order)[0], channels_last):
+    if sequential(kinds, channels_last):
         return _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
                             channels_last, return_last_state, return_states, out_dtype)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "fwd")
@@ -2150,10 +2157,11 @@ def selective_scan_backward(dy: Tensor, dlast: Tensor | None, dstates: Tensor | 
                                                initial_state, order, inverse, delta_softplus, merge, channels_last,
                                                out_dtype)
     _check(u, delta, B, C, z, dy)
-    if via_channels_last(route_kinds(order)[0], channels_last):
+    kinds = route_kinds(order)[0]
+    if via_channels_last(kinds, channels_last):
         return _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state,
                                                order, delta_softplus, merge)
-    if sequential(route_kinds(order)[0], channels_last):
+    if sequential(kinds, channels_last):
         return _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                              delta_softplus, merge, channels_last)
     call = _Call(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, merge, channels_last, "bwd")
