@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -209,11 +210,10 @@ def check_merge_routes(kernels) -> None:
             torch.testing.assert_close(out.float(), want, atol=0, rtol=2**-7, msg="merged routes")
 
 
-def check_staged_once(kernels) -> None:
-    """Through the public op: a forward stages B and C in one launch and its backward reuses those rows (the
-    same B, C objects come back from autograd); the next call stages its own. B shared by the routes and in
-    float16, C per route in float32 (B expanded to the routes when staged); gradients against the chunked path in
-    float64."""
+@contextlib.contextmanager
+def counted_staging(kernels):
+    """Record every launch of the B/C staging kernel (their grids, in the yielded list) while the body runs; the
+    kernel and SSMZOO_BACKEND are restored afterwards."""
     staged = []
     real = kernels._stage_kernel
 
@@ -222,13 +222,28 @@ def check_staged_once(kernels) -> None:
             staged.append(grid)
             return real[grid]
 
+    kernels._stage_kernel = Counting()
+    saved_backend = os.environ.get("SSMZOO_BACKEND")
+    try:
+        yield staged
+    finally:
+        kernels._stage_kernel = real
+        if saved_backend is None:
+            os.environ.pop("SSMZOO_BACKEND", None)
+        else:
+            os.environ["SSMZOO_BACKEND"] = saved_backend
+
+
+def check_staged_once(kernels) -> None:
+    """Through the public op: a forward stages B and C in one launch and its backward reuses those rows (the
+    same B, C objects come back from autograd); the next call stages its own. B shared by the routes and in
+    float16, C per route in float32 (B expanded to the routes when staged); gradients against the chunked path in
+    float64."""
     routes = directions.bidi(21)
     seed = int(torch.randint(0, 2**31 - 1, ()))
     tensors = make_case(batch=2, Dm=4, N=3, G=1, spatial=(21,), routes=routes, per_route_u=True, seed=seed)
     tensors["B"] = tensors["B"][:, 0].to(torch.float16)  # (batch, G, N, L): shared by both routes; another dtype
-    kernels._stage_kernel = Counting()
-    saved_backend = os.environ.get("SSMZOO_BACKEND")
-    try:
+    with counted_staging(kernels) as staged:
         results = {}
         for backend, dtype in (("triton", None), ("chunked", torch.float64)):
             os.environ["SSMZOO_BACKEND"] = backend
@@ -244,12 +259,6 @@ def check_staged_once(kernels) -> None:
                                    strict=True):
             tol = 2e-3 if name == "dB" else 2e-4  # dB comes back in B's float16
             assert rel(got, want) < tol, f"{name}: {rel(got, want):.3g}"
-    finally:
-        kernels._stage_kernel = real
-        if saved_backend is None:
-            os.environ.pop("SSMZOO_BACKEND", None)
-        else:
-            os.environ["SSMZOO_BACKEND"] = saved_backend
 
 
 def check_staged_in_place(kernels) -> None:
@@ -257,19 +266,9 @@ def check_staged_in_place(kernels) -> None:
     tensors, so their staged rows are reused by a later call only while B and C are unchanged. Refilled in place
     (a version bump), or inference tensors refilled under torch.inference_mode (no version counter), they are
     staged again: outputs against the chunked path in float64 after every refill."""
-    staged = []
-    real = kernels._stage_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            staged.append(grid)
-            return real[grid]
-
     routes = directions.bidi(19)
     seed = int(torch.randint(0, 2**31 - 1, ()))
     tensors = make_case(batch=2, Dm=4, N=3, G=1, spatial=(19,), routes=routes, per_route_u=True, seed=seed)
-    kernels._stage_kernel = Counting()
-    saved_backend = os.environ.get("SSMZOO_BACKEND")
 
     def both(args):
         outs = {}
@@ -279,27 +278,20 @@ def check_staged_in_place(kernels) -> None:
             outs[backend] = selective_scan(**{n: cast(t) for n, t in args.items()}, routes=routes, merge="sum")
         assert rel(outs["triton"], outs["chunked"]) < 2e-4, f"{rel(outs['triton'], outs['chunked']):.3g}"
 
-    try:
-        with torch.no_grad():
-            args = {n: t.clone() if t is not None else None for n, t in tensors.items()}
-            both(args)
-            both(args)
-            assert len(staged) == 1, f"unchanged B and C staged {len(staged)} times"
-            args["B"].mul_(-0.5)
-            args["C"].add_(1.0)
-            both(args)
-            assert len(staged) == 2, "B and C changed in place but not staged again"
-        with torch.inference_mode():
-            args = {n: t.clone() if t is not None else None for n, t in tensors.items()}
-            both(args)
-            args["B"].copy_(torch.randn_like(args["B"]))
-            both(args)
-    finally:
-        kernels._stage_kernel = real
-        if saved_backend is None:
-            os.environ.pop("SSMZOO_BACKEND", None)
-        else:
-            os.environ["SSMZOO_BACKEND"] = saved_backend
+    with counted_staging(kernels) as staged, torch.no_grad():
+        args = {n: t.clone() if t is not None else None for n, t in tensors.items()}
+        both(args)
+        both(args)
+        assert len(staged) == 1, f"unchanged B and C staged {len(staged)} times"
+        args["B"].mul_(-0.5)
+        args["C"].add_(1.0)
+        both(args)
+        assert len(staged) == 2, "B and C changed in place but not staged again"
+    with counted_staging(kernels), torch.inference_mode():
+        args = {n: t.clone() if t is not None else None for n, t in tensors.items()}
+        both(args)
+        args["B"].copy_(torch.randn_like(args["B"]))
+        both(args)
 
 
 def run_interpreted_case(case_id: str) -> None:
