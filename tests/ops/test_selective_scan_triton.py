@@ -294,6 +294,54 @@ def check_staged_in_place(kernels) -> None:
         both(args)
 
 
+def check_saved_copies(kernels) -> None:
+    """Channels-first grid routes through the public op with autograd: the forward's channels-last copies of u and
+    delta are what the Function saves, so the backward copies two tensors fewer than when it is handed u and delta
+    (``saved_inputs`` off); outputs and gradients against the chunked path in float64, both ways, with route planes
+    and without."""
+    routes = directions.cross2d(6, 7)
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    tensors = make_case(batch=2, Dm=4, N=2, G=1, spatial=(6, 7), routes=routes, seed=seed)
+    real, real_saved, real_min_l = kernels._relayout_kernel, kernels.saved_inputs, kernels.SEQ_PAR_ROUTES_MIN_L
+    launched = []
+
+    class Counting:  # launch() falls back to kernel[grid] for objects without Triton's caches
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    def run(backend, dtype=None):
+        os.environ["SSMZOO_BACKEND"] = backend
+        leaves = {n: (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_()
+                  if t is not None else None for n, t in tensors.items()}
+        out = selective_scan(**leaves, routes=routes, merge="sum")
+        before = len(launched)
+        out.backward(torch.cos(out.detach()))
+        return (out, *(leaves[n].grad for n in ("u", "delta", "z"))), len(launched) - before
+
+    saved_backend = os.environ.get("SSMZOO_BACKEND")
+    kernels._relayout_kernel = Counting()
+    try:
+        for min_l in (10**9, 1):  # one program for all routes; one a route (route planes)
+            kernels.SEQ_PAR_ROUTES_MIN_L = min_l
+            want, _ = run("chunked", torch.float64)
+            kernels.saved_inputs = lambda u, delta: (u, delta)
+            plain, plain_copies = run("triton")
+            kernels.saved_inputs = real_saved
+            got, copies = run("triton")
+            assert copies == plain_copies - 2, f"backward relayouts: {copies} with saved copies, {plain_copies} without"
+            for name, a, b, w in zip(("out", "du", "ddelta", "dz"), got, plain, want, strict=True):
+                assert rel(a, w) < 2e-4 and rel(b, w) < 2e-4, f"{name}: {rel(a, w):.3g} / {rel(b, w):.3g}"
+            assert not kernels._saved_copies, "copies left behind after the Function took them"
+    finally:
+        kernels._relayout_kernel, kernels.saved_inputs = real, real_saved
+        kernels.SEQ_PAR_ROUTES_MIN_L = real_min_l
+        if saved_backend is None:
+            os.environ.pop("SSMZOO_BACKEND", None)
+        else:
+            os.environ["SSMZOO_BACKEND"] = saved_backend
+
+
 def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
@@ -320,6 +368,9 @@ def run_interpreted_case(case_id: str) -> None:
         return
     if case_id == "staged-in-place":
         check_staged_in_place(kernels)
+        return
+    if case_id == "saved-copies":
+        check_saved_copies(kernels)
         return
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
         check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
@@ -365,7 +416,8 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "staged-once", "staged-in-place"]
+INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "staged-once", "staged-in-place",
+                                         "saved-copies"]
                + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
                   "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",

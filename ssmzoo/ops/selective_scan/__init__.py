@@ -26,7 +26,7 @@ from torch import Tensor
 from ssmzoo.ops.directions import Routes
 from ssmzoo.ops.selective_scan import reference
 from ssmzoo.ops.selective_scan.checks import MERGES, Canonical, canonicalize
-from ssmzoo.ops.selective_scan.common import compute_dtype
+from ssmzoo.ops.selective_scan.common import SAVING_FOR_BACKWARD, compute_dtype
 
 __all__ = ["selective_scan", "backend_name"]
 
@@ -216,7 +216,17 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        outputs = _scan_impl(*args)
+        saving = SAVING_FOR_BACKWARD.set(True)
+        try:
+            outputs = _scan_impl(*args)
+        finally:
+            SAVING_FOR_BACKWARD.reset(saving)
+        # a backend may hand back copies of u and delta in another layout (the same values) to save instead:
+        # the backward then reads them as they are (the Triton backend's channels-last copies of channels-first
+        # grid-route calls)
+        saved_inputs = getattr(_op_backend(args[0].device), "saved_inputs", None)
+        if saved_inputs is not None:
+            args = (*saved_inputs(args[0], args[1]), *args[2:])
         _setup_context(ctx, args, outputs)
         # unused outputs (last_state, states, or y) get None instead of zero-filled gradients: two to three
         # allocations and fills less per backward, host time at the host-bound speech shapes

@@ -3,9 +3,16 @@ same in every backend (skip term D * u, gate silu(z), route merge, output layout
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+# True while the eager autograd Function runs a forward whose inputs it saves for the backward: a backend may then
+# hand it re-laid-out copies of inputs to save instead (same values; ``saved_inputs`` of the Triton backend).
+SAVING_FOR_BACKWARD: contextvars.ContextVar[bool] = contextvars.ContextVar("ssmzoo_scan_saving", default=False)
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:

@@ -76,6 +76,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmzoo.ops.launch import launch
+from ssmzoo.ops.selective_scan.common import SAVING_FOR_BACKWARD
 
 __all__ = ["selective_scan", "selective_scan_backward", "route_kinds", "Config", "config_for"]
 
@@ -1406,12 +1407,16 @@ def _memo(cache: dict, tensors: tuple[Tensor, ...], state: tuple, make):
     if hit is not None and hit[1] == state and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
         return hit[2]
     result = make()
+    _remember(cache, key, tensors, state, result)
+    return result
+
+
+def _remember(cache: dict, key: tuple, tensors: tuple[Tensor, ...], state: tuple, result) -> None:
 
     def drop(_, key=key):
         cache.pop(key, None)
 
     cache[key] = (tuple(weakref.ref(t, drop) for t in tensors), state, result)
-    return result
 
 
 _route_cache: dict[tuple[int], tuple] = {}
@@ -1819,9 +1824,10 @@ def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: boo
 
 
 def _channels_last_copy(x: Tensor | None) -> Tensor | None:
-    """A (B, K, D, L) or (B, D, L) tensor copied to channels-last storage (the same logical view)."""
-    if x is None:
-        return None
+    """A (B, K, D, L) or (B, D, L) tensor copied to channels-last storage (the same logical view); x itself when its
+    channels are already contiguous (a copy saved by the forward, see ``saved_inputs``)."""
+    if x is None or (x.stride(-2) == 1 and x.stride(-1) >= x.shape[-2]):
+        return x
     x4 = x if x.dim() == 4 else x.unsqueeze(1)
     y = _relayout(x4, torch.empty(x4.shape[:2] + x4.shape[2:][::-1], dtype=x.dtype, device=x.device).transpose(2, 3))
     return y if x.dim() == 4 else y.squeeze(1)
@@ -1835,6 +1841,32 @@ def _channels_last_copy(x: Tensor | None) -> Tensor | None:
 SEQ_CF_DIRECT_GRADS = False
 
 
+# Channels-last copies of a channels-first call's u and delta, made by a forward whose caller saves its inputs for
+# the backward (SAVING_FOR_BACKWARD): the caller takes them (``saved_inputs``) and saves them instead of u and
+# delta, so the backward does not copy them again (VMamba-T s1 bf16: five planes read and written, ~0.6 ms). An
+# entry lives from the forward's copy to the caller's taking it.
+_saved_copies: dict[tuple[int, int], tuple] = {}
+
+
+def _copies(u: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Channels-last copies of u and delta, kept for ``saved_inputs`` when the caller saves for a backward."""
+    copies = (_channels_last_copy(u), _channels_last_copy(delta))
+    if SAVING_FOR_BACKWARD.get() and not (u.is_inference() or delta.is_inference()):
+        _remember(_saved_copies, (id(u), id(delta)), (u, delta), (u._version, delta._version), copies)
+    return copies
+
+
+def saved_inputs(u: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """What the autograd Function saves for u and delta after this backend's forward: the channels-last copies the
+    forward made of them (the same values in another layout; the backward reads them as they are), or u and delta.
+    Takes the copies out of ``_saved_copies``: a later call copies again."""
+    hit = _saved_copies.pop((id(u), id(delta)), None)
+    if (hit is None or u.is_inference() or delta.is_inference() or hit[1] != (u._version, delta._version)
+            or hit[0][0]() is not u or hit[0][1]() is not delta):
+        return u, delta
+    return hit[2]
+
+
 def _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
                                    return_last_state, return_states, out_dtype):
     """``_seq_forward`` of a channels-first call on channels-last copies. Merged routes of one program each are
@@ -1842,14 +1874,13 @@ def _seq_forward_via_channels_last(u, delta, A, B, C, D, z, delta_bias, initial_
     back."""
     per_route = merge == "none"
     batch, _, Dm, L = u.shape
+    u_cl, delta_cl = _copies(u, delta)
     if not per_route and parallel_routes(order.shape[-2], L):
         into = _natural(batch, None, Dm, L, out_dtype or torch.float32, u.device, False)
-        return _seq_forward(_channels_last_copy(u), _channels_last_copy(delta), A, B, C, D, z, delta_bias,
-                            initial_state, order, delta_softplus, merge, True, return_last_state, return_states,
-                            out_dtype, into=into)
-    y, last, states = _seq_forward(_channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
-                                   _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge,
-                                   True, return_last_state, return_states, out_dtype)
+        return _seq_forward(u_cl, delta_cl, A, B, C, D, z, delta_bias, initial_state, order, delta_softplus, merge,
+                            True, return_last_state, return_states, out_dtype, into=into)
+    y, last, states = _seq_forward(u_cl, delta_cl, A, B, C, D, _channels_last_copy(z), delta_bias, initial_state,
+                                   order, delta_softplus, merge, True, return_last_state, return_states, out_dtype)
     out, out_view = _natural(batch, y.shape[2] if per_route else None, Dm, L, y.dtype, u.device, False)
     _relayout(_canonical_dy(y, 0 if per_route else 1, True), out_view)
     return out, last, states
@@ -1865,19 +1896,26 @@ def _seq_backward_via_channels_last(dy, dlast, dstates, u, delta, A, B, C, D, z,
                                  dy.device, True)
     _relayout(_canonical_dy(dy, 0 if per_route else 1, False), dy_cl_view)
     planes = parallel_routes(order.shape[-2], u.shape[-1])
-    into = {name: _like(x) for name, x, shared in (("du", u, u.shape[1] == 1), ("ddelta", delta, delta.shape[1] == 1),
-                                                    ("dz", z, True))
+    into = {name: _channels_first_like(x) for name, x, shared in (("du", u, u.shape[1] == 1),
+                                                                  ("ddelta", delta, delta.shape[1] == 1),
+                                                                  ("dz", z, True))
             if x is not None and ((planes and shared) or SEQ_CF_DIRECT_GRADS)}
     grads = _seq_backward(dy_cl, dlast, dstates, _channels_last_copy(u), _channels_last_copy(delta), A, B, C, D,
                           _channels_last_copy(z), delta_bias, initial_state, order, delta_softplus, merge, True,
                           into=into)
     if "du" not in into:
-        grads[0] = _relayout(grads[0], _like(u))
+        grads[0] = _relayout(grads[0], _channels_first_like(u))
     if "ddelta" not in into:
-        grads[1] = _relayout(grads[1], _like(delta))
+        grads[1] = _relayout(grads[1], _channels_first_like(delta))
     if z is not None and "dz" not in into:
-        grads[6] = _relayout(grads[6].unsqueeze(1), _like(z).unsqueeze(1)).squeeze(1)
+        grads[6] = _relayout(grads[6].unsqueeze(1), _channels_first_like(z).unsqueeze(1)).squeeze(1)
     return grads
+
+
+def _channels_first_like(x: Tensor) -> Tensor:
+    """A gradient buffer for x of a channels-first call: x's strides when it is channels-first, contiguous when it
+    is a channels-last copy that the forward saved in its place (``saved_inputs``)."""
+    return _like(x) if x.stride(-1) == 1 else _new(x.shape, x.dtype, x.device)
 
 
 def parallel_routes(K: int, L: int) -> bool:
