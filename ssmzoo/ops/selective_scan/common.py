@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 # True while the eager autograd Function runs a forward whose inputs it saves for the backward: a backend may then
 # hand it re-laid-out copies of inputs to save instead (same values; ``saved_inputs`` of the Triton backend).
 SAVING_FOR_BACKWARD: contextvars.ContextVar[bool] = contextvars.ContextVar("ssmzoo_scan_saving", default=False)

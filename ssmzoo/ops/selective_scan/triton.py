@@ -1672,11 +1672,13 @@ def _forward(call: _Call, u, delta, A, z, initial_state, out, out_view, ws, chun
 # Forward with N > 1: 8 channels a warp (a channel's states over 4 threads). Since a thread's states are contiguous
 # B/C rows (16-byte loads) this beats 32 lanes (all states in one thread, 255 registers) on every shape: kernel µs,
 # 32 -> 8 lanes, Vim-S bf16 440 -> 419, fp32 524 -> 477, DPMamba inter 119 -> 117 (16 lanes: 431, 139); before
-# it, 8 lanes were taken only when 32 left the GPU mostly idle (DPMamba intra, 544 programs: 182 µs). H100.
+# it, 8 lanes were taken only when 32 left the GPU mostly idle (DPMamba intra, 544 programs: 182 µs). 4 lanes (2
+# states a thread): Vim-S 419 -> 566, DPMamba inter 118 -> 159, intra 111 -> 140. H100.
 SEQ_FWD_LANES = 8
 # backward with N > 1: 8 channels a warp (a channel's states over 4 threads), or more when N is too small to fill a
 # warp. With blocks of 4 steps and a 168 cap, 8 lanes beat 16 (DPMamba inter bwd 1105 -> 837 µs; Vim-S 3747 vs 3787,
-# a tie; H100 bf16, issue #4 note).
+# a tie; H100 bf16, issue #4 note). 4 lanes (half the shuffles, no spill, twice the warps): Vim-S 2378 -> 3170,
+# DPMamba inter 602 -> 799, intra 597 -> 785 (kernel µs, later session).
 SEQ_BWD_LANES = 8
 # One state: 32 channels a warp in the backward. Narrower programs add warps but not shorter walks: VMamba-T s1
 # channels-last bf16 fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per
@@ -1691,7 +1693,8 @@ SEQ_ONE_STATE_FWD_LANES = 64
 # Off since a block of 4 steps adds its sums with one atomic (one state: VMamba-T s1 channels-last 5249 -> 4764 µs)
 SEQ_PARTIAL_BC_MAX_NP = 0
 # backward with blocks of 4 and N > 1: a block's dB/dC channel sums as one reduce-scatter over its 4 steps
-# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes; as many selects): Vim-S bf16 bwd 3705 vs 3670 µs.
+# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes; as many selects): Vim-S bf16 bwd 3705 vs 3670 µs;
+# against the later one-atomic blocks it loses more: Vim-S 2367 -> 3146, DPMamba inter 598 -> 767, intra 592 -> 773.
 SEQ_SCATTER_BC = False
 # else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
 # quantity, each moved to the atomic's layout through shared memory behind a barrier: Vim-S bf16 bwd 3670 -> 3217 µs
@@ -1701,7 +1704,10 @@ SEQ_BLOCK_BC = True
 # of 4 x 3136 steps) 11.1 -> 6.2 ms; Vim-S (L = 197) 3758 -> 3601; DPMamba intra (L = 250) kernels 1164 -> 963;
 # DPMamba inter (L = 34) loses: 1331-1573 -> 1933 (host-bound: one more launch, no kernel gain). Issue #4 notes.
 SEQ_PAR_ROUTES_MIN_L = 128
-SEQ_PREFETCH = True  # L1 prefetch of a later block (compiled kernels only)
+# L1 prefetch of a later block (compiled kernels only). Without it (later session, kernel µs, bf16): forwards lose
+# (Vim-S 421 -> 449, DPMamba inter 121 -> 173); the N > 1 backwards move a few % either way (Vim-S 2369 -> 2339,
+# DPMamba intra 596 -> 575, inter 598 -> 606, Vim-S fp32 2642 -> 2656) and VMamba's loses (2380 -> 2591).
+SEQ_PREFETCH = True
 # How far ahead (blocks). Farther did not pay: VMamba-T s1 channels-last bf16 kernels fwd / bwd 1329 / 4285 µs at 1,
 # 1306 / 4312 at 2, 1431 / 4422 at 4, 1471 / 5091 at 8; the checkpoint as well at 4: 1434 / 4255 (Vim-S 2981 at 1,
 # 3067 with it), H100.
@@ -1732,7 +1738,8 @@ SEQ_CK_KERNEL = False
 SEQ_CK_LANES = 32
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
-# 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note.
+# 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note. Re-checked with the kernels of a later
+# session: Vim-S / DPMamba inter / intra 2367 / 598 / 592 at 168, 2412 / 609 / 606 at 160, 2692 / 704 / 705 at 184.
 SEQ_BWD_MAXNREG = 168
 # With one state the backward's cap pays: 168 registers give it 12 warps per SM instead of 8 (7293 -> 5591 µs; 128:
 # 6596); pipelined, 144 (14 warps): 3674 -> 3557 µs (128: 3849). H100, bf16. The forward (64 lanes) runs best
@@ -1761,7 +1768,7 @@ SEQ_GRID_CHANNELS_FIRST = False
 # Channels-first grid routes: the sequential kernels on channels-last copies (see via_channels_last): VMamba-T s1
 # bf16 fwd+bwd 13351 -> 9292 µs vs the tile kernels (fp32 16249 -> 11703), H100
 SEQ_GRID_VIA_CHANNELS_LAST = True
-RELAYOUT_TILE = 64
+RELAYOUT_TILE = 64  # a (128, 4, 192, 3136) bf16 copy: 2.63 TB/s (128: 2.60, 32: 2.14), H100
 
 
 
