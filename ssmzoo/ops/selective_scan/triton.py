@@ -1404,11 +1404,18 @@ def _memo(cache: dict, tensors: tuple[Tensor, ...], state: tuple, make):
     ``state`` (their in-place versions and whatever else the result depends on) is unchanged."""
     key = tuple(id(t) for t in tensors)
     hit = cache.get(key)
-    if hit is not None and hit[1] == state and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)):
+    if _still_valid(hit, tensors, state):
         return hit[2]
     result = make()
     _remember(cache, key, tensors, state, result)
     return result
+
+
+def _still_valid(hit: tuple | None, tensors: tuple[Tensor, ...], state: tuple) -> bool:
+    """Whether a cache entry (weak references, state, result) was made for these very tensor objects (ids can be
+    reused once an object dies) in this state."""
+    return (hit is not None and hit[1] == state
+            and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True)))
 
 
 def _remember(cache: dict, key: tuple, tensors: tuple[Tensor, ...], state: tuple, result) -> None:
@@ -1868,8 +1875,7 @@ def saved_inputs(u: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     forward made of them (the same values in another layout; the backward reads them as they are), or u and delta.
     Takes the copies out of ``_saved_copies``: a later call copies again."""
     hit = _saved_copies.pop((id(u), id(delta)), None)
-    if (hit is None or u.is_inference() or delta.is_inference() or hit[1] != (u._version, delta._version)
-            or hit[0][0]() is not u or hit[0][1]() is not delta):
+    if u.is_inference() or delta.is_inference() or not _still_valid(hit, (u, delta), (u._version, delta._version)):
         return u, delta
     return hit[2]
 
