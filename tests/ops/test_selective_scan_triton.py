@@ -143,6 +143,10 @@ CASES.append(("cross2d-one-state-70-channels", dict(batch=1, Dm=70, N=1, G=1, sp
 # all in one thread with the forward's 32 lanes: `fwd32:`), and a non-power of two above 32 in the tile kernels.
 CASES.append(("bidi-64-states", dict(batch=1, Dm=8, N=64, G=1, spatial=(13,), routes=directions.bidi(13),
                                      per_route_u=True, init=True), "mean"))
+# 16 states over whole tiles of 8 channels: the backward's dB/dC channel sums as one reduce-scatter a block
+# (_scatter_add4; `noscatter:` adds a block's sums with one atomic instead).
+CASES.append(("bidi-16-states-whole-tiles", dict(batch=1, Dm=16, N=16, G=1, spatial=(21,),
+                                                 routes=directions.bidi(21), per_route_u=True, init=True), "mean"))
 CASES.append(("cross2d-33-states", dict(batch=1, Dm=2, N=33, G=1, spatial=(3, 2), routes=directions.cross2d(3, 2),
                                         init=True), "sum"))
 # Grid and permutation routes dispatch to the tile kernels; the sequential kernels support them too (checked here
@@ -164,7 +168,7 @@ KNOB_PREFIXES = {
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
     "block8one": ("SEQ_ONE_STATE_BWD_BLOCK", 8),  # backward blocks of 8 steps with one state
-    "scatter": ("SEQ_SCATTER_BC", True),  # a block's dB/dC channel sums as one reduce-scatter (whole-tile groups)
+    "noscatter": ("SEQ_SCATTER_BC", False),  # 16 states: a block's dB/dC channel sums added with one atomic
     "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
     "nopipe": ("SEQ_BWD_PIPELINE", False),  # backward second pass: a block's tiles read when used, not one block early
     "nopipe1": ("SEQ_BWD_PIPELINE_PASS1", False),  # backward first pass: the same
@@ -427,8 +431,7 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "block8:bwd16:bidi-whole-channel-tiles", "block8one:cross2d-channels-last-per-route-out",
                   "block8one:partial:cross2d-channels-last-per-route-out",
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
-                  "block8:bidi-64-states", "scatter:bidi-whole-channel-tiles", "scatter:bidi-groups-of-whole-tiles",
-                  "scatter:bwd16:bidi-whole-channel-tiles", "scatter:bidi-64-states",
+                  "block8:bidi-64-states", "noscatter:bidi-16-states-whole-tiles",
                   "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
@@ -586,8 +589,8 @@ GPU_KNOB_CASES = {
     "backward-blocks-of-8-steps": ("SEQ_BWD_BLOCK", 8, "vim-s"),
     "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
     "forward-32-lanes": ("SEQ_FWD_LANES", 32, "vim-s"),
-    "dB-dC-reduce-scatter": ("SEQ_SCATTER_BC", True, "dpmamba-inter"),
-    "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "vim-s"),
+    "dB-dC-one-atomic-a-block": ("SEQ_SCATTER_BC", False, "dpmamba-inter"),
+    "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "64-states-bidi"),
     "all-routes-in-one-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 10**9, "vim-s"),
     "backward-not-pipelined": ("SEQ_BWD_PIPELINE", False, "vim-s"),
     "one-state-forward-32-lanes": ("SEQ_ONE_STATE_FWD_LANES", 32, "vmamba-t-s1-channels-last"),

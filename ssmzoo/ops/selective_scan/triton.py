@@ -990,32 +990,58 @@ def _hblock4(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
 
 
 @triton.jit
-def _scatter_add4(row, P0, P1, P2, P3, steps, L, H, W, order_row, KIND: tl.constexpr, NP: tl.constexpr):
-    """Add the channel sums of four steps' (NP, BD) partials (a block's dB or dC) to their (step, state) rows of
-    one B/C group. A reduce-scatter over the channel axis: at the exchanges with channel d ^ 4 and d ^ 2 each
-    channel keeps the steps its bit says and passes on the others (half of what is left, instead of summing all
-    four steps everywhere), then plain exchanges finish the sum; channel d ends with step 2 * bit2 + bit1's sums,
-    shared with the channels of the same two bits, which split the states between them for the atomic adds.
-    When channels sit on a warp's lanes (the sequential kernels' layout, BD >= 8) the exchanges are lane shuffles.
+def _from_channel(x, d, M: tl.constexpr, AXIS: tl.constexpr, LANES: tl.constexpr):
+    """x of channel d ^ M (d: the channel index along AXIS, broadcastable to x). LANES: the channels are a warp's
+    lanes, channel d on lane bits of d (see ``_scatter_add4``): one butterfly shuffle a register, in place, where
+    tl.gather first moves its operand to a layout of its own through shared memory. Else (and under the
+    interpreter, which runs no PTX) tl.gather, the same values. Not pure for the compiler, so that it does not move
+    a layout conversion across the shuffle (which would change the lanes it exchanges)."""
+    if LANES:
+        if M == 1:
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
+        elif M == 2:
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
+        else:
+            tl.static_assert(M == 4)
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
+    else:
+        return tl.gather(x, tl.broadcast_to(d ^ M, x.shape), AXIS)
+
+
+@triton.jit
+def _scatter_add4(row, P0, P1, P2, P3, s0, L, H, W, order_row, KIND: tl.constexpr, REV: tl.constexpr,
+                  NP: tl.constexpr, LANES: tl.constexpr):
+    """Add the channel sums of a block's four steps' (NP, 8) partials (P_r at route step r: a block's dB or dC over
+    a tile of 8 channels) to their (step, state) rows: a reduce-scatter over the channels. At the exchanges with
+    channel d ^ 4 and d ^ 2 each channel keeps the steps its bit says and passes on the others (half of what is
+    left, instead of summing all four steps everywhere); at the last, with d ^ 1, it keeps one pair of each 4
+    consecutive states (4 a + 2 b + e: b = bit0) the same way. Channel d ends with route step 2 bit2 + bit1 and its
+    pairs of states, every (step, state) sum held once: one atomic each, no masks.
+
+    LANES: the compiled sequential backward with 16 states, whose (state, channel) tiles have the 8 channels on
+    lane bits 0-2 and a thread's 4 consecutive states in registers (checked in its TTGIR; other state counts get
+    other layouts: SCATTER_NP): the exchanges are lane shuffles in place and the split of a thread's 4 states moves
+    no data.
     """
-    BD: tl.constexpr = P0.shape[1]
-    d = tl.arange(0, BD)[None, :]
-    n = tl.arange(0, NP)[:, None]
+    tl.static_assert(P0.shape[1] == 8)
+    d = tl.arange(0, 8)[None, :]
     hi = (d & 4) != 0
-    across4 = tl.broadcast_to(d ^ 4, P0.shape)
-    q0 = tl.where(hi, P2, P0) + tl.gather(tl.where(hi, P0, P2), across4, 1)
-    q1 = tl.where(hi, P3, P1) + tl.gather(tl.where(hi, P1, P3), across4, 1)
+    q0 = tl.where(hi, P2, P0) + _from_channel(tl.where(hi, P0, P2), d, 4, 1, LANES)
+    q1 = tl.where(hi, P3, P1) + _from_channel(tl.where(hi, P1, P3), d, 4, 1, LANES)
     mid = (d & 2) != 0
-    r = tl.where(mid, q1, q0) + tl.gather(tl.where(mid, q0, q1), tl.broadcast_to(d ^ 2, P0.shape), 1)
-    r += tl.gather(r, tl.broadcast_to(d ^ 1, P0.shape), 1)
-    for m in tl.static_range(3, 6):
-        if BD > (1 << m):
-            r += tl.gather(r, tl.broadcast_to(d ^ (1 << m), P0.shape), 1)
-    step = tl.where(hi, 2, 0) + tl.where(mid, 1, 0)
-    s = tl.where(step == 0, steps[0], tl.where(step == 1, steps[1], tl.where(step == 2, steps[2], steps[3])))
-    sharer = (d & 1) | ((d >> 3) << 1)  # which of the BD / 4 channels holding these sums this one is
-    mine = ((n >> 1) % (BD // 4)) == sharer
-    tl.atomic_add(row + _pos_of(s, L, H, W, order_row, KIND) * NP + n, r, mask=mine & (s < L), sem="relaxed")
+    r = tl.where(mid, q1, q0) + _from_channel(tl.where(mid, q0, q1), d, 2, 1, LANES)
+    # b moved last and split off: [NP / 4, 2 (e), 8] each
+    lo, up = tl.split(tl.permute(tl.reshape(r, [NP // 4, 2, 2, 8]), [0, 2, 3, 1]))
+    d3 = tl.arange(0, 8)[None, None, :]
+    odd = (d3 & 1) != 0
+    mine = tl.where(odd, up, lo) + _from_channel(tl.where(odd, lo, up), d3, 1, 2, LANES)
+    r_step = (d3 >> 1) & 3
+    step = s0 + (3 - r_step if REV else r_step)
+    state = 4 * tl.arange(0, NP // 4)[:, None, None] + 2 * (d3 & 1) + tl.arange(0, 2)[None, :, None]
+    tl.atomic_add(row + _pos_of(step, L, H, W, order_row, KIND) * NP + state, mine, mask=step < L, sem="relaxed")
 
 
 @triton.jit
@@ -1097,7 +1123,7 @@ def _block_add4(row, S0, S1, S2, S3, s0, L, H, W, order_row, KIND: tl.constexpr,
 @triton.jit
 def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
              N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
-             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
+             SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr, LANES: tl.constexpr):
     """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
     (fewer live values than a block of 8, twice the checkpoints)."""
     x0, x1, x2, x3 = _split4(u)
@@ -1124,9 +1150,8 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
                                         c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                         SAME_GROUP, HAS_Z, BC_MODE)
     if BC_MODE == 2:
-        steps = (_sidx(s0, 0, REV, 4), _sidx(s0, 1, REV, 4), _sidx(s0, 2, REV, 4), _sidx(s0, 3, REV, 4))
-        _scatter_add4(db_row, b0, b1, b2, b3, steps, L, H, W, order_row, KIND, NP)
-        _scatter_add4(dc_row, c0, c1, c2, c3, steps, L, H, W, order_row, KIND, NP)
+        _scatter_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP, LANES)
+        _scatter_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP, LANES)
     elif BC_MODE == 3:
         _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
         _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
@@ -1311,7 +1336,7 @@ def _seq_bwd_kernel(
             if BS == 4:
                 ga, dA, ddt, du, y = _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row,
                                               db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k], NP,
-                                              HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE)
+                                              HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE, FAST)
             else:
                 ga, dA, ddt, du, y = _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row,
                                               db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k], NP,
@@ -1699,10 +1724,16 @@ SEQ_ONE_STATE_FWD_LANES = 64
 # per step); with more states the sum's traffic costs more than the atomics (Vim-S 4.3 -> 5.4 ms, issue #4 note).
 # Off since a block of 4 steps adds its sums with one atomic (one state: VMamba-T s1 channels-last 5249 -> 4764 µs)
 SEQ_PARTIAL_BC_MAX_NP = 0
-# backward with blocks of 4 and N > 1: a block's dB/dC channel sums as one reduce-scatter over its 4 steps
-# (_scatter_add4: 16 exchanges a quantity instead of 48 at 8 lanes; as many selects): Vim-S bf16 bwd 3705 vs 3670 µs;
-# against the later one-atomic blocks it loses more: Vim-S 2367 -> 3146, DPMamba inter 598 -> 767, intra 592 -> 773.
-SEQ_SCATTER_BC = False
+# backward with blocks of 4 and 16 states: a block's dB/dC channel sums as one reduce-scatter over its 4 steps and
+# the states (_scatter_add4), exchanged by lane shuffles in place. First written with tl.gather, which moved every
+# operand through shared memory first: Vim-S bf16 bwd 2367 -> 3146 µs, DPMamba inter 598 -> 767, intra 592 -> 773
+# against the block's one atomic (_block_add4). With the shuffles (hot loop 782 -> 687 SASS instructions, 122 -> 58
+# shuffles, the same 2 atomics a block): kernel µs Vim-S bf16 2374 -> 2166, fp32 2626 -> 2485; DPMamba inter
+# 598 -> 500, intra 595 -> 522. H100. The shuffles rely on the compiler's layout of the (state, channel) tiles:
+# channels on lane bits 0-2, a thread's 4 states in registers. Checked for 16 states at 8 channels a warp (the
+# compiled code); with 4 or 8 states the split tiles are laid out otherwise, with 64 the states sit on the lanes.
+SEQ_SCATTER_BC = True
+SCATTER_NP, SCATTER_LANES = 16, 8  # the tile shape the shuffles were checked for
 # else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
 # quantity, each moved to the atomic's layout through shared memory behind a barrier: Vim-S bf16 bwd 3670 -> 3217 µs
 SEQ_BLOCK_BC = True
@@ -2102,7 +2133,8 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dz = (into["dz"] if "dz" in into else _like(z)) if z is not None else None
     Kx = K if call.x_routes else 1
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
-    scatter = SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4 and call.block_d >= 8
+    scatter = (SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4
+               and (call.NP, call.block_d) == (SCATTER_NP, SCATTER_LANES))
     blocked = SEQ_BLOCK_BC and call.flags["SAME_GROUP"] and not partial and not scatter and block == 4
     bc_mode = 1 if partial else 2 if scatter else 3 if blocked else 0  # _astep's BC_MODE
     # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
