@@ -16,7 +16,7 @@ Two kernel families share the contract:
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
   (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
   summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
-  (``_block_add4``). The forward
+  (``_block_add4``; with 16 states a reduce-scatter by lane shuffles, ``_scatter_add4``). The forward
   exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
   routes one after the other and merges them through a program-private fp32 workspace; for routes of 128 steps
   or more (VMamba, Vim, DPMamba intra) each route gets its own program, which stores its own plane of the output
@@ -54,13 +54,13 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 7.2x the floor channels-first (copies + sequential kernels), 5.2x channels-last; Vim-S 6.4x,
-DPMamba-M intra and inter 13-15x (host-bound: their kernels alone 7.2x and 7.0x; B and C are staged by one kernel
+VMamba-T s1 6.5x the floor channels-first (copies + sequential kernels), 5.2x channels-last; Vim-S 5.9x,
+DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 6.5x and 6.1x; B and C are staged by one kernel
 and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
 stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
-block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issues
-0.50 instructions per scheduler and cycle, bound by dependent arithmetic; its first pass (recomputing the
-block-entry states) is 13 % of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The
+block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issued
+0.50 instructions per scheduler and cycle, bound by dependent arithmetic and shuffles; its first pass (recomputing
+the block-entry states) is 13 % of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The
 knobs below record what was measured for each choice.
 """
 
@@ -1778,6 +1778,9 @@ SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
 # 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note. Re-checked with the kernels of a later
 # session: Vim-S / DPMamba inter / intra 2367 / 598 / 592 at 168, 2412 / 609 / 606 at 160, 2692 / 704 / 705 at 184.
+# With the shuffled reduce-scatter of dB/dC (SEQ_SCATTER_BC), kernel µs Vim-S / DPMamba inter / intra bwd: 168 (12
+# warps per SM) 2170 / 499 / 523; 152 (13) 2251 / 522 / 549; 144 (14) 2467 / 565 / 591; 184 (11, no spill) 2527 / 575
+# / 642; with 168, prefetching the block's checkpoint as well (SEQ_BWD_PREFETCH_CK): 2251 / 510 / 540.
 SEQ_BWD_MAXNREG = 168
 # With one state the backward's cap pays: 168 registers give it 12 warps per SM instead of 8 (7293 -> 5591 µs; 128:
 # 6596); pipelined, 144 (14 warps): 3674 -> 3557 µs (128: 3849). H100, bf16. The forward (64 lanes) runs best
