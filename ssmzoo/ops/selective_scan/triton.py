@@ -16,7 +16,8 @@ Two kernel families share the contract:
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
   (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
   summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
-  (``_block_add4``; with 16 states a reduce-scatter by lane shuffles, ``_scatter_add4``). The forward
+  (``_block_add4``; with 16 states a reduce-scatter by lane shuffles, ``_scatter_add4``, and the sums over
+  states likewise, ``_group_scatter4``). The forward
   exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
   routes one after the other and merges them through a program-private fp32 workspace; for routes of 128 steps
   or more (VMamba, Vim, DPMamba intra) each route gets its own program, which stores its own plane of the output
@@ -860,7 +861,9 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
     """Adjoint of base-order step s. ga: a_next * g_next (the adjoint flowing back into the state after step s);
     hp: the state before step s. Returns the adjoint flowing into hp, dA, and per channel the gradient of dt
     (before softplus), of u (scan part) and the scan output y (for dz); then the step's (NP, BD) dB and dC
-    partials, which it has already added to their rows unless BC_MODE is BC_SCATTER (the caller adds a block's)."""
+    partials, which it has already added to their rows unless BC_MODE is 3 (the caller adds a block's channel sums).
+    BC_MODE 2 (16 states, 8 channels a warp, see ``_scatter_add4``): the caller sums the states too; in place of
+    ddt, du and y it gets each lane group's part of the sums of w A, g B and C h (``_lane_groups``)."""
     pos = _pos_of(s, L, H, W, order_row, KIND)
     valid = s < L
     nb = tl.arange(0, NP)[:, None]
@@ -874,10 +877,14 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
         g += _tile(tl.load(dst_row + pos * N, mask=smask & valid, other=0.0), A2.shape[1])
     w = g * a * hp  # d loss / d (dt A): the exponent's gradient
     dA += w * dt_i[None, :]
-    gB = tl.sum(g * Bi, 0)
-    ddt = tl.sum(w * A2, 0) * 0.6931471805599453 + u_i * gB
     pB = g * dtu[None, :]
     pC = h * dy_i[None, :]
+    if BC_MODE == 2:  # sums over the states by the caller too, from each lane group's part (_lane_groups)
+        ddt = _lane_groups(w * A2)
+        gB = _lane_groups(g * Bi)
+    else:
+        gB = tl.sum(g * Bi, 0)
+        ddt = tl.sum(w * A2, 0) * 0.6931471805599453 + u_i * gB
     if BC_MODE == 1:  # one row of B and C for the whole tile: its channels' sum, stored to the tile's own row
         tl.store(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid)
         tl.store(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid)
@@ -892,11 +899,14 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
     else:
         tl.atomic_add(db_row + pos * NP + nb, pB, mask=ndmask & valid, sem="relaxed")
         tl.atomic_add(dc_row + pos * NP + nb, pC, mask=ndmask & valid, sem="relaxed")
-    if HAS_Z:
-        y = tl.sum(Ci * h, 0)
+    if BC_MODE == 2:
+        return a * g, dA, ddt, gB, _lane_groups(Ci * h), pB, pC
     else:
-        y = gB * 0.0
-    return a * g, dA, ddt, dt_i * gB, y, pB, pC
+        if HAS_Z:
+            y = tl.sum(Ci * h, 0)
+        else:
+            y = gB * 0.0
+        return a * g, dA, ddt, dt_i * gB, y, pB, pC
 
 
 @triton.jit
@@ -1009,6 +1019,42 @@ def _from_channel(x, d, M: tl.constexpr, AXIS: tl.constexpr, LANES: tl.constexpr
                                              is_pure=False, pack=1)
     else:
         return tl.gather(x, tl.broadcast_to(d ^ M, x.shape), AXIS)
+
+
+@triton.jit
+def _lane_groups(x):
+    """A (16, 8) tile summed over each thread's 4 states: [4, 8], row g = the states of lane group g (states
+    4 g .. 4 g + 3; in the compiled layout a thread's registers, so the sum moves no data)."""
+    return tl.sum(tl.reshape(x, [4, 4, x.shape[1]]), 1)
+
+
+@triton.jit
+def _from_group(x, M: tl.constexpr, LANES: tl.constexpr):
+    """x ([4, 8]) of lane group g ^ M (M = 1 or 2): a butterfly shuffle across lanes 8 M apart when the groups are
+    lane bits 3-4 (see ``_from_channel``), else tl.gather."""
+    if LANES:
+        if M == 1:
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
+        else:
+            tl.static_assert(M == 2)
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x],
+                                             dtype=tl.float32, is_pure=False, pack=1)
+    else:
+        return tl.gather(x, tl.broadcast_to(tl.arange(0, 4)[:, None] ^ M, x.shape), 0)
+
+
+@triton.jit
+def _group_scatter4(T0, T1, T2, T3, LANES: tl.constexpr):
+    """Four steps' lane-group parts ([4, 8] each, ``_lane_groups``) of a sum over states, summed over the groups as
+    a reduce-scatter: group g keeps step g's sum. Returns the [8, 4] tile of the four steps' sums (channel, step):
+    one value a thread, where summing each step over the groups took two shuffles a step and quantity."""
+    G = tl.arange(0, 4)[:, None]
+    hi = (G & 2) != 0
+    q0 = tl.where(hi, T2, T0) + _from_group(tl.where(hi, T0, T2), 2, LANES)
+    q1 = tl.where(hi, T3, T1) + _from_group(tl.where(hi, T1, T3), 2, LANES)
+    odd = (G & 1) != 0
+    return tl.trans(tl.where(odd, q1, q0) + _from_group(tl.where(odd, q0, q1), 1, LANES))
 
 
 @triton.jit
@@ -1152,13 +1198,24 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
     if BC_MODE == 2:
         _scatter_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP, LANES)
         _scatter_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP, LANES)
-    elif BC_MODE == 3:
-        _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
-        _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
-    if REV:
-        return ga, dA, _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
+        # the sums over states, per (channel, base-order step): t_r, v_r, y_r hold route step r's groups' parts
+        if REV:
+            t0, t1, t2, t3 = t3, t2, t1, t0
+            v0, v1, v2, v3 = v3, v2, v1, v0
+            y0, y1, y2, y3 = y3, y2, y1, y0
+        gB = _group_scatter4(v0, v1, v2, v3, LANES)
+        ddt = _group_scatter4(t0, t1, t2, t3, LANES) * 0.6931471805599453 + u * gB
+        y = _group_scatter4(y0, y1, y2, y3, LANES) if HAS_Z else gB * 0.0
+        du = dt * gB
     else:
-        return ga, dA, _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
+        if BC_MODE == 3:
+            _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
+            _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
+        if REV:
+            ddt, du, y = _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
+        else:
+            ddt, du, y = _join4(t0, t1, t2, t3), _join4(v0, v1, v2, v3), _join4(y0, y1, y2, y3)
+    return ga, dA, ddt, du, y
 
 
 @triton.jit
@@ -1732,6 +1789,11 @@ SEQ_PARTIAL_BC_MAX_NP = 0
 # 598 -> 500, intra 595 -> 522. H100. The shuffles rely on the compiler's layout of the (state, channel) tiles:
 # channels on lane bits 0-2, a thread's 4 states in registers. Checked for 16 states at 8 channels a warp (the
 # compiled code); with 4 or 8 states the split tiles are laid out otherwise, with 64 the states sit on the lanes.
+# The sums over states (of w A, g B, C h) then the same way (_lane_groups, _group_scatter4): each lane group sums its
+# 4 states, a reduce-scatter over the 4 groups leaves one step's sums a thread, and ddelta, du, y come out as a
+# [channels, 4] tile in the load layout (no shared-memory round trip): loop 687 -> 583 instructions (barriers 12
+# -> 3, spill 88 -> 40 bytes), kernel µs Vim-S bf16 2166 -> 2094, fp32 2485 -> 2474, DPMamba inter 500 -> 449,
+# intra 522 -> 497 (same-run reference, the knob off: 2378, 2628, 597, 591).
 SEQ_SCATTER_BC = True
 SCATTER_NP, SCATTER_LANES = 16, 8  # the tile shape the shuffles were checked for
 # else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
