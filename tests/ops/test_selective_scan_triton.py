@@ -139,6 +139,11 @@ CASES.append(("bidi-groups-of-whole-tiles", dict(batch=1, Dm=32, N=4, G=2, spati
 # One state over more channels than a forward program's 64 (a partial second tile), channels-last grid routes.
 CASES.append(("cross2d-one-state-70-channels", dict(batch=1, Dm=70, N=1, G=1, spatial=(4, 3),
                                                     routes=directions.cross2d(4, 3), layout="channels_last"), "mean"))
+# One state over whole tiles of 32 channels (one B/C row a tile): the backward's dB/dC channel sums as one
+# reduce-scatter a block (_scatter_add8; `noscatterone:` adds a block's sums with one atomic instead).
+CASES.append(("cross2d-one-state-whole-tiles", dict(batch=2, Dm=64, N=1, G=1, spatial=(5, 4),
+                                                    routes=directions.cross2d(5, 4), layout="channels_last",
+                                                    init=True), "sum"))
 # The contract's largest states: 64 (a channel's states over 4 threads in the backward and the tiny call's forward,
 # all in one thread with the forward's 32 lanes: `fwd32:`), and a non-power of two above 32 in the tile kernels.
 CASES.append(("bidi-64-states", dict(batch=1, Dm=8, N=64, G=1, spatial=(13,), routes=directions.bidi(13),
@@ -169,6 +174,7 @@ KNOB_PREFIXES = {
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
     "block8one": ("SEQ_ONE_STATE_BWD_BLOCK", 8),  # backward blocks of 8 steps with one state
     "noscatter": ("SEQ_SCATTER_BC", False),  # 16 states: a block's dB/dC channel sums added with one atomic
+    "noscatterone": ("SEQ_ONE_STATE_SCATTER_BC", False),  # one state: the same
     "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
     "nopipe": ("SEQ_BWD_PIPELINE", False),  # backward second pass: a block's tiles read when used, not one block early
     "nopipe1": ("SEQ_BWD_PIPELINE_PASS1", False),  # backward first pass: the same
@@ -432,6 +438,7 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "block8one:partial:cross2d-channels-last-per-route-out",
                   "fwd32:bidi-mean-z-init-states", "fwd32:bidi-whole-channel-tiles", "fwd32:bidi-64-states",
                   "block8:bidi-64-states", "noscatter:bidi-16-states-whole-tiles",
+                  "noscatterone:cross2d-one-state-whole-tiles",
                   "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
@@ -590,6 +597,7 @@ GPU_KNOB_CASES = {
     "backward-16-lanes": ("SEQ_BWD_LANES", 16, "dpmamba-inter"),
     "forward-32-lanes": ("SEQ_FWD_LANES", 32, "vim-s"),
     "dB-dC-one-atomic-a-block": ("SEQ_SCATTER_BC", False, "dpmamba-inter"),
+    "one-state-dB-dC-one-atomic-a-block": ("SEQ_ONE_STATE_SCATTER_BC", False, "vmamba-t-s1-channels-last"),
     "dB-dC-per-step-atomics": ("SEQ_BLOCK_BC", False, "64-states-bidi"),
     "all-routes-in-one-program-gated": ("SEQ_PAR_ROUTES_MIN_L", 10**9, "vim-s"),
     "backward-not-pipelined": ("SEQ_BWD_PIPELINE", False, "vim-s"),

@@ -16,8 +16,8 @@ Two kernel families share the contract:
   backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
   (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
   summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
-  (``_block_add4``; with 16 states a reduce-scatter by lane shuffles, ``_scatter_add4``, and the sums over
-  states likewise, ``_group_scatter4``). The forward
+  (``_block_add4``; with 16 or one state a reduce-scatter by lane shuffles, ``_scatter_add4``/``_scatter_add8``,
+  and with 16 the sums over states likewise, ``_group_scatter4``). The forward
   exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
   routes one after the other and merges them through a program-private fp32 workspace; for routes of 128 steps
   or more (VMamba, Vim, DPMamba intra) each route gets its own program, which stores its own plane of the output
@@ -888,7 +888,7 @@ def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row,
     if BC_MODE == 1:  # one row of B and C for the whole tile: its channels' sum, stored to the tile's own row
         tl.store(db_row + pos * NP + tl.arange(0, NP), tl.sum(pB, 1), mask=valid)
         tl.store(dc_row + pos * NP + tl.arange(0, NP), tl.sum(pC, 1), mask=valid)
-    elif BC_MODE == 2:  # the caller sums the block's steps together (_scatter_add4)
+    elif BC_MODE == 2 or BC_MODE == 4:  # the caller sums the block's steps together (_scatter_add4, _scatter_add8)
         pass
     elif BC_MODE == 3:  # the caller adds the block's channel sums with one atomic (_block_add4)
         pB = tl.sum(pB, 1)
@@ -1013,12 +1013,47 @@ def _from_channel(x, d, M: tl.constexpr, AXIS: tl.constexpr, LANES: tl.constexpr
         elif M == 2:
             return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
                                              is_pure=False, pack=1)
-        else:
-            tl.static_assert(M == 4)
+        elif M == 4:
             return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
                                              is_pure=False, pack=1)
+        elif M == 8:
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
+        else:
+            tl.static_assert(M == 16)
+            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x],
+                                             dtype=tl.float32, is_pure=False, pack=1)
     else:
         return tl.gather(x, tl.broadcast_to(d ^ M, x.shape), AXIS)
+
+
+@triton.jit
+def _scatter_add8(db_row, dc_row, B0, B1, B2, B3, C0, C1, C2, C3, s0, L, H, W, order_row, KIND: tl.constexpr,
+                  REV: tl.constexpr, LANES: tl.constexpr):
+    """One state, 32 channels a warp: add the channel sums of a block's four steps' dB and dC partials ((1, 32)
+    each, B_r and C_r at route step r) to their rows. A reduce-scatter of the 8 values over the channels: the
+    exchange with channel d ^ 4 splits dB from dC, d ^ 2 and d ^ 1 the steps; exchanges with d ^ 8 and d ^ 16 then
+    finish the sums. Channel d < 8 holds one (quantity, step) sum and adds it: 9 shuffles a block where summing
+    each step's two values over the warp took 40. LANES: the channels are the warp's lanes (the one-state tiles'
+    compiled layout), the exchanges are shuffles in place; else tl.gather (see ``_from_channel``)."""
+    tl.static_assert(B0.shape[0] == 1 and B0.shape[1] == 32)
+    d = tl.arange(0, 32)[None, :]
+    q = (d & 4) != 0  # dC (else dB)
+    x0 = tl.where(q, C0, B0) + _from_channel(tl.where(q, B0, C0), d, 4, 1, LANES)
+    x1 = tl.where(q, C1, B1) + _from_channel(tl.where(q, B1, C1), d, 4, 1, LANES)
+    x2 = tl.where(q, C2, B2) + _from_channel(tl.where(q, B2, C2), d, 4, 1, LANES)
+    x3 = tl.where(q, C3, B3) + _from_channel(tl.where(q, B3, C3), d, 4, 1, LANES)
+    hi = (d & 2) != 0
+    y0 = tl.where(hi, x2, x0) + _from_channel(tl.where(hi, x0, x2), d, 2, 1, LANES)
+    y1 = tl.where(hi, x3, x1) + _from_channel(tl.where(hi, x1, x3), d, 2, 1, LANES)
+    odd = (d & 1) != 0
+    r = tl.where(odd, y1, y0) + _from_channel(tl.where(odd, y0, y1), d, 1, 1, LANES)
+    r += _from_channel(r, d, 8, 1, LANES)
+    r += _from_channel(r, d, 16, 1, LANES)
+    r_step = d & 3
+    step = s0 + (3 - r_step if REV else r_step)
+    row = tl.where(q, dc_row, db_row)
+    tl.atomic_add(row + _pos_of(step, L, H, W, order_row, KIND), r, mask=(d < 8) & (step < L), sem="relaxed")
 
 
 @triton.jit
@@ -1211,6 +1246,8 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         if BC_MODE == 3:
             _block_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP)
             _block_add4(dc_row, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, NP)
+        elif BC_MODE == 4:
+            _scatter_add8(db_row, dc_row, b0, b1, b2, b3, c0, c1, c2, c3, s0, L, H, W, order_row, KIND, REV, LANES)
         if REV:
             ddt, du, y = _join4(t3, t2, t1, t0), _join4(v3, v2, v1, v0), _join4(y3, y2, y1, y0)
         else:
@@ -1796,6 +1833,12 @@ SEQ_PARTIAL_BC_MAX_NP = 0
 # intra 522 -> 497 (same-run reference, the knob off: 2378, 2628, 597, 591).
 SEQ_SCATTER_BC = True
 SCATTER_NP, SCATTER_LANES = 16, 8  # the tile shape the shuffles were checked for
+# One state (32 channels a warp): a block's dB and dC channel sums as one reduce-scatter of its 8 values
+# (_scatter_add8) instead of summing each step's two over the warp and adding them with _block_add4 (shuffles a
+# block 48 -> 17, loop 535 -> 461 SASS instructions): VMamba-T s1 channels-last backward kernel bf16 2392 -> 2204
+# µs, fp32 3006 -> 2929; public fwd+bwd bf16 4785 -> 4373, channels-first 5714 -> 5529. With it a 152-register cap
+# (15 warps per SM instead of 14) loses: 2285 µs. H100.
+SEQ_ONE_STATE_SCATTER_BC = True
 # else add a block of 4 steps' channel sums with one atomic (_block_add4; BC_MODE 3) rather than one a step and
 # quantity, each moved to the atomic's layout through shared memory behind a barrier: Vim-S bf16 bwd 3670 -> 3217 µs
 SEQ_BLOCK_BC = True
@@ -2200,8 +2243,11 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     partial = call.flags["SAME_GROUP"] and call.NP <= SEQ_PARTIAL_BC_MAX_NP
     scatter = (SEQ_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4
                and (call.NP, call.block_d) == (SCATTER_NP, SCATTER_LANES))
-    blocked = SEQ_BLOCK_BC and call.flags["SAME_GROUP"] and not partial and not scatter and block == 4
-    bc_mode = 1 if partial else 2 if scatter else 3 if blocked else 0  # _astep's BC_MODE
+    scatter_one = (SEQ_ONE_STATE_SCATTER_BC and call.flags["SAME_GROUP"] and not partial and block == 4
+                   and (call.NP, call.block_d) == (1, 32))
+    blocked = (SEQ_BLOCK_BC and call.flags["SAME_GROUP"] and not partial and not scatter and not scatter_one
+               and block == 4)
+    bc_mode = 1 if partial else 2 if scatter else 4 if scatter_one else 3 if blocked else 0  # _astep's BC_MODE
     # every buffer the kernel adds into, carved from one zeroed allocation (one fill launch instead of five)
     dB, dC, dA, dD, dbias = _zeroed_views(device, None if partial else call.B.shape, None if partial else call.C.shape,
                                           (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
