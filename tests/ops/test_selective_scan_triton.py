@@ -170,6 +170,7 @@ KNOB_PREFIXES = {
     "bwd16": ("SEQ_BWD_LANES", 16),  # 16 lanes (2 threads per channel)
     "fwd32": ("SEQ_FWD_LANES", 32),  # forward with N > 1: 32 lanes (a channel's states in one thread)
     "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route planes summed by _merge_routes
+    "routeslast": ("SEQ_ROUTES_FIRST", False),  # one route per program, N > 1: routes the grid's slowest axis
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
     "block8one": ("SEQ_ONE_STATE_BWD_BLOCK", 8),  # backward blocks of 8 steps with one state
@@ -430,7 +431,7 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                                          "saved-copies"]
                + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
-                  "parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
+                  "parallel:bidi-mean-z-init-states", "routeslast:parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
                   "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",

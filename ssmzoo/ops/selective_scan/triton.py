@@ -684,6 +684,18 @@ def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, 
 
 
 
+@triton.jit
+def _program_ids(PAR_ROUTES: tl.constexpr, ROUTES_FIRST: tl.constexpr):
+    """(channel tile, batch row, route or -1, channel tiles) of a sequential kernel's program. Grid (tiles, batch,
+    routes), or with ROUTES_FIRST (routes, tiles, batch): the programs of one (tile, batch row)'s routes are
+    launched together, and read the inputs the routes share (u) while they are in L2."""
+    if ROUTES_FIRST:
+        return tl.program_id(1), tl.program_id(2).to(tl.int64), tl.program_id(0), tl.num_programs(1)
+    else:
+        return (tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2) if PAR_ROUTES else -1,
+                tl.num_programs(0))
+
+
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
 def _seq_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr,
@@ -698,18 +710,16 @@ def _seq_fwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PIPE: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
-    CK_ONLY: tl.constexpr,
+    CK_ONLY: tl.constexpr, ROUTES_FIRST: tl.constexpr,
 ):
     """The forward; with CK_ONLY the backward's first pass instead: the state entering every block of 4 steps of
     each route into ck ((B, K, L/4, NP, D_PAD) fp32, as _seq_bwd_kernel lays it out), nothing else."""
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    # PAR_ROUTES: one route per program, the others walk no blocks; merged routes store their own plane of the
+    # workspace and _merge_routes sums them
+    pid_d, b, route, _ = _program_ids(PAR_ROUTES, ROUTES_FIRST)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     t = tl.arange(0, 8)
-    # PAR_ROUTES: one route per program (grid axis 2), the others walk no blocks; merged routes store their own
-    # plane of the workspace and _merge_routes sums them
-    route = tl.program_id(2) if PAR_ROUTES else -1
     # (state, channel) tiles travel to and from memory flat, state-major, with the strides hidden from the compiler
     # (`one`), so that they keep the layout of the scan: lanes = channels, states in registers
     e = tl.arange(0, NP * BLOCK_D) * one
@@ -1307,13 +1317,12 @@ def _seq_bwd_kernel(
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PREFETCH_CK: tl.constexpr, PIPE1: tl.constexpr, PIPE: tl.constexpr,
     PASS1: tl.constexpr,
     BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, ROUTES_FIRST: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    # as in the forward; shared inputs' gradients go to route planes
+    pid_d, b, route, n_d_programs = _program_ids(PAR_ROUTES, ROUTES_FIRST)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
-    route = tl.program_id(2) if PAR_ROUTES else -1  # as in the forward; shared inputs' gradients go to route planes
     n = tl.arange(0, NP) * one  # `one` hides the stride from the compiler: n stays in registers
     t = tl.arange(0, BS)  # blocks of BS = 8 or 4 steps
     nb = n_sub * (8 // BS)  # with 4, a last block may be all padding (masked; it leaves the state alone)
@@ -1343,7 +1352,7 @@ def _seq_bwd_kernel(
         b_row = B_ptr + bc_off
         c_row = C_ptr + bc_off
         if BC_MODE == 1:  # rows of this tile alone: (B, K, tiles, n_sub * 8, NP), summed over tiles by the host
-            part_off = ((b * K + k) * tl.num_programs(0) + pid_d) * n_sub * 8 * NP
+            part_off = ((b * K + k) * n_d_programs + pid_d) * n_sub * 8 * NP
             db_row = dB_ptr + part_off
             dc_row = dC_ptr + part_off
         else:
@@ -1847,6 +1856,12 @@ SEQ_BLOCK_BC = True
 # of 4 x 3136 steps) 11.1 -> 6.2 ms; Vim-S (L = 197) 3758 -> 3601; DPMamba intra (L = 250) kernels 1164 -> 963;
 # DPMamba inter (L = 34) loses: 1331-1573 -> 1933 (host-bound: one more launch, no kernel gain). Issue #4 notes.
 SEQ_PAR_ROUTES_MIN_L = 128
+# One route a program with N > 1: the routes of a (channel tile, batch row) as the grid's fastest axis, so that they
+# run together (and share reads of what the routes share, z and the output's gradient, from L2). Kernel µs, bf16,
+# routes first vs last: Vim-S fwd 402 vs 420, bwd 2042 vs 2085; DPMamba intra 609 vs 612 (noise). With one state
+# (VMamba-T s1, four routes over one u) mixed: channels-last bwd 2171 vs 2199 but forward and checkpoints 1608 vs
+# 1584, fp32 fwd+bwd 6768 vs 6681 µs: off there. H100.
+SEQ_ROUTES_FIRST = True
 # L1 prefetch of a later block (compiled kernels only). Without it (later session, kernel µs, bf16): forwards lose
 # (Vim-S 421 -> 449, DPMamba inter 121 -> 173); the N > 1 backwards move a few % either way (Vim-S 2369 -> 2339,
 # DPMamba intra 596 -> 575, inter 598 -> 606, Vim-S fp32 2642 -> 2656) and VMamba's loses (2380 -> 2591).
@@ -2149,9 +2164,13 @@ class _SeqCall:
             A_ROUTES=A.shape[0] > 1, BC_ROUTES=bc_routes, X_ROUTES=x_routes, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, MERGE=self.merge, SAME_GROUP=d_per_group % lanes == 0,
             BLOCK_D=lanes, NP=self.NP, PREFETCH=SEQ_PREFETCH and not _INTERPRETED, PAR_ROUTES=self.par_routes,
-            FAST=FAST_MATH and not _INTERPRETED,
+            FAST=FAST_MATH and not _INTERPRETED, ROUTES_FIRST=self.par_routes and SEQ_ROUTES_FIRST and self.N > 1,
         )
-        self.grid = (n_tiles, self.batch, self.K if self.par_routes else 1)
+        self.n_tiles = n_tiles
+        if self.flags["ROUTES_FIRST"]:
+            self.grid = (self.K, n_tiles, self.batch)
+        else:
+            self.grid = (n_tiles, self.batch, self.K if self.par_routes else 1)
 
     def strides(self, u, delta, A, z) -> tuple:
         zs = (z.stride(0), z.stride(1), z.stride(2)) if z is not None else (0, 0, 0)
@@ -2227,7 +2246,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     lanes = _seq_lanes(A.shape[-1], "bwd", u.shape[0], u.shape[2])
     call = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes)
     device, batch, K, Dm, L, N = u.device, call.batch, call.K, call.Dm, call.L, call.N
-    d_pad = call.grid[0] * call.block_d
+    d_pad = call.n_tiles * call.block_d
     # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
     ck = _new((batch, K, call.n_sub * 8 // block, call.NP, d_pad), torch.float32, device)
@@ -2253,7 +2272,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
                                           (A.shape[0], Dm, N), (Kx, Dm) if D is not None else None,
                                           (Kx, Dm) if delta_bias is not None else None)
     if partial:  # every tile stores its own dB, dC rows (no atomics); summed over a group's tiles below
-        dB, dC = (_new((batch, K, call.grid[0], call.n_sub * 8, call.NP), torch.float32, device) for _ in range(2))
+        dB, dC = (_new((batch, K, call.n_tiles, call.n_sub * 8, call.NP), torch.float32, device) for _ in range(2))
     dinit = _new((batch, K, Dm, N), torch.float32, device) if initial_state is not None else None
     # gradients of inputs the routes share: summed over routes in an fp32 workspace, or (one route per program) one
     # plane a route in the gradient's dtype, summed below
