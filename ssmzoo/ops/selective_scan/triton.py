@@ -55,8 +55,8 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 6.5x the floor channels-first (copies + sequential kernels), 5.2x channels-last; Vim-S 5.9x,
-DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 6.5x and 6.1x; B and C are staged by one kernel
+VMamba-T s1 6.3x the floor channels-first (copies + sequential kernels), 5.0x channels-last; Vim-S 5.6x,
+DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 6.3x and 5.6x; B and C are staged by one kernel
 and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
 stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
 block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issued
