@@ -1010,29 +1010,36 @@ def _hblock4(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
 
 
 @triton.jit
+def _shfl_xor(x, LANE: tl.constexpr):
+    """Each thread's registers of x from the lane ``LANE`` (1, 2, 4, 8 or 16) apart by a butterfly shuffle (fp32).
+    Not pure for the compiler, so that it does not move a layout conversion across the shuffle (which would change
+    what the lanes hold)."""
+    if LANE == 1:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+    elif LANE == 2:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+    elif LANE == 4:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+    elif LANE == 8:
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+    else:
+        tl.static_assert(LANE == 16)
+        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+
+
+@triton.jit
 def _from_channel(x, d, M: tl.constexpr, AXIS: tl.constexpr, LANES: tl.constexpr):
     """x of channel d ^ M (d: the channel index along AXIS, broadcastable to x). LANES: the channels are a warp's
     lanes, channel d on lane bits of d (see ``_scatter_add4``): one butterfly shuffle a register, in place, where
     tl.gather first moves its operand to a layout of its own through shared memory. Else (and under the
-    interpreter, which runs no PTX) tl.gather, the same values. Not pure for the compiler, so that it does not move
-    a layout conversion across the shuffle (which would change the lanes it exchanges)."""
+    interpreter, which runs no PTX) tl.gather, the same values."""
     if LANES:
-        if M == 1:
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                             is_pure=False, pack=1)
-        elif M == 2:
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                             is_pure=False, pack=1)
-        elif M == 4:
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                             is_pure=False, pack=1)
-        elif M == 8:
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                             is_pure=False, pack=1)
-        else:
-            tl.static_assert(M == 16)
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x],
-                                             dtype=tl.float32, is_pure=False, pack=1)
+        return _shfl_xor(x, M)
     else:
         return tl.gather(x, tl.broadcast_to(d ^ M, x.shape), AXIS)
 
@@ -1078,13 +1085,7 @@ def _from_group(x, M: tl.constexpr, LANES: tl.constexpr):
     """x ([4, 8]) of lane group g ^ M (M = 1 or 2): a butterfly shuffle across lanes 8 M apart when the groups are
     lane bits 3-4 (see ``_from_channel``), else tl.gather."""
     if LANES:
-        if M == 1:
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                             is_pure=False, pack=1)
-        else:
-            tl.static_assert(M == 2)
-            return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x],
-                                             dtype=tl.float32, is_pure=False, pack=1)
+        return _shfl_xor(x, 8 * M)
     else:
         return tl.gather(x, tl.broadcast_to(tl.arange(0, 4)[:, None] ^ M, x.shape), 0)
 
