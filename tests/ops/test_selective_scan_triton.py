@@ -179,6 +179,10 @@ KNOB_PREFIXES = {
     "stepbc": ("SEQ_BLOCK_BC", False),  # dB/dC channel sums added a step at a time (not a block's with one atomic)
     "nopipe": ("SEQ_BWD_PIPELINE", False),  # backward second pass: a block's tiles read when used, not one block early
     "nopipe1": ("SEQ_BWD_PIPELINE_PASS1", False),  # backward first pass: the same
+    "pipebc": ("SEQ_BWD_PIPELINE_BC", True),  # N > 1: the first pass reads a block's rows of B one block early
+    "pipebc2": ("SEQ_BWD_PIPELINE_BC2", 2),  # N > 1: the second pass reads a block's rows of B and C one block early
+    "pipeb2": ("SEQ_BWD_PIPELINE_BC2", 1),  # N > 1: the same, rows of B only
+    "nopipebcone": ("SEQ_ONE_STATE_BWD_PIPELINE_BC2", 0),  # one state: the second pass reads rows when used
     "nofwdpipe": ("SEQ_FWD_PIPELINE", False),  # forward with N > 1: the same
     "fwdpipe1": ("SEQ_ONE_STATE_FWD_PIPELINE", True),  # forward with one state: tiles one block early
     "fwd32one": ("SEQ_ONE_STATE_FWD_LANES", 32),  # forward with one state: 32 channels a warp (not 64)
@@ -431,7 +435,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                                          "saved-copies"]
                + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
-                  "parallel:bidi-mean-z-init-states", "routeslast:parallel:bidi-mean-z-init-states", "parallel:sequential:cross2d-groups-shared-u",
+                  "parallel:bidi-mean-z-init-states", "routeslast:parallel:bidi-mean-z-init-states",
+                  "parallel:sequential:cross2d-groups-shared-u",
                   "parallel:cross2d-channels-last-per-route-out",
                   "partial:bidi-groups-of-whole-tiles", "partial:bwd16:bidi-groups-of-whole-tiles",
                   "block8:bidi-mean-z-init-states", "block8:parallel:sequential:cross2d-groups-shared-u",
@@ -443,6 +448,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "stepbc:bidi-whole-channel-tiles", "stepbc:bidi-groups-of-whole-tiles", "stepbc:bidi-64-states",
                   "tiles:cross2d-groups-shared-u", "tiles:cross2d-33-states",
                   "nopipe:bidi-mean-z-init-states", "nopipe1:block8:bidi-64-states", "nofwdpipe:bidi-64-states",
+                  "pipebc:bidi-mean-z-init-states", "pipebc2:bidi-16-states-whole-tiles",
+                  "pipeb2:pipebc:parallel:bidi-mean-z-init-states", "nopipebcone:cross2d-one-state-whole-tiles",
                   "fwdpipe1:cross2d-one-state-70-channels", "fwd32one:cross2d-one-state-70-channels",
                   "nockkernel:cross2d-one-state-70-channels", "ck64:cross2d-one-state-70-channels",
                   "nockkernel:parallel:cross2d-channels-last-per-route-out",

@@ -713,7 +713,7 @@ def _seq_fwd_kernel(
     CK_ONLY: tl.constexpr, ROUTES_FIRST: tl.constexpr,
 ):
     """The forward; with CK_ONLY the backward's first pass instead: the state entering every block of 4 steps of
-    each route into ck ((B, K, L/4, NP, D_PAD) fp32, as _seq_bwd_kernel lays it out), nothing else."""
+    each route into ck ((B, K, L/4, D_PAD, NP) fp32, as _seq_bwd_kernel lays it out), nothing else."""
     # PAR_ROUTES: one route per program, the others walk no blocks; merged routes store their own plane of the
     # workspace and _merge_routes sums them
     pid_d, b, route, _ = _program_ids(PAR_ROUTES, ROUTES_FIRST)
@@ -755,7 +755,7 @@ def _seq_fwd_kernel(
         if CK_ONLY:
             nb4 = n_sub * 2
             t4 = tl.arange(0, 4)
-            ck_row = ck_ptr + ((b * K + k) * nb4 * NP + en) * D_PAD + ed
+            ck_row = ck_ptr + ((b * K + k) * nb4 * D_PAD + ed) * NP + en
             for jj in range(tl.where(live, nb4, 0)):
                 j = (nb4 - 1 - jj) if REVS[k] else jj
                 if PREFETCH:
@@ -765,9 +765,10 @@ def _seq_fwd_kernel(
                     _prefetch(b_row + pn * NP, SAME_GROUP)
                 m2 = dmask[:, None] & (j * 4 + t4 < L)[None, :]
                 u, dt = _ud_loads(j, t4, 4, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
+                Bs = _bc_rows4(b_row, j * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
                 # padding channels too (zeros): the backward reads whole tiles
-                h = _ck_block(h, A2, u, dt, j, bias if HAS_BIAS else 0.0, m2, ck_row + j * NP * D_PAD, ed < D_PAD, L,
-                              H, W, order_row, b_row, KINDS[k], REVS[k], NP, 4, HAS_BIAS, SOFTPLUS, FAST)
+                h = _ck_block(h, A2, u, dt, Bs, j, bias if HAS_BIAS else 0.0, m2, ck_row + j * NP * D_PAD, ed < D_PAD,
+                              L, H, W, order_row, b_row, KINDS[k], REVS[k], NP, 4, HAS_BIAS, SOFTPLUS, FAST)
         if PIPE and not CK_ONLY:  # the first block's tiles; every block then reads the next one's before its own work
             nu, ndt = _ud_loads(n_sub - 1 if REVS[k] else 0, t, 8, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
                                 su_l, sdl_l)
@@ -829,10 +830,24 @@ def _pos_of(s, L, H, W, order_row, KIND: tl.constexpr):
 
 
 @triton.jit
-def _rstep(h, A2, u_i, dt_i, s, L, H, W, order_row, b_row, KIND: tl.constexpr, NP: tl.constexpr):
-    """The state after base-order step s, from the state h before it (recomputation)."""
-    pos = _pos_of(s, L, H, W, order_row, KIND)
-    Bi = tl.load(b_row + pos * NP + tl.arange(0, NP)[:, None])
+def _bc_at(row, s, L, H, W, order_row, KIND: tl.constexpr, NP: tl.constexpr):
+    """The staged row of B or C (fp32, (NP, 1); (NP, BD) when the tile spans groups) at base-order step s; padding
+    steps read position 0's."""
+    return tl.load(row + _pos_of(s, L, H, W, order_row, KIND) * NP + tl.arange(0, NP)[:, None])
+
+
+@triton.jit
+def _bc_rows4(row, s0, L, H, W, order_row, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr):
+    """The rows (``_bc_at``) of a block of 4 steps from base step s0, in route order."""
+    return (_bc_at(row, _sidx(s0, 0, REV, 4), L, H, W, order_row, KIND, NP),
+            _bc_at(row, _sidx(s0, 1, REV, 4), L, H, W, order_row, KIND, NP),
+            _bc_at(row, _sidx(s0, 2, REV, 4), L, H, W, order_row, KIND, NP),
+            _bc_at(row, _sidx(s0, 3, REV, 4), L, H, W, order_row, KIND, NP))
+
+
+@triton.jit
+def _rstep(h, A2, u_i, dt_i, Bi):
+    """The state after a step, from the state h before it and the step's row of B (recomputation)."""
     return tl.exp2(dt_i[None, :] * A2) * h + Bi * (dt_i * u_i)[None, :]
 
 
@@ -854,31 +869,30 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
     if REV:
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
-    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
-    return _rstep(h, A2, x7, e7, _sidx(s0, 7, REV), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x0, e0, _bc_at(b_row, _sidx(s0, 0, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x1, e1, _bc_at(b_row, _sidx(s0, 1, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x2, e2, _bc_at(b_row, _sidx(s0, 2, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x3, e3, _bc_at(b_row, _sidx(s0, 3, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x4, e4, _bc_at(b_row, _sidx(s0, 4, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x5, e5, _bc_at(b_row, _sidx(s0, 5, REV), L, H, W, order_row, KIND, NP))
+    h = _rstep(h, A2, x6, e6, _bc_at(b_row, _sidx(s0, 6, REV), L, H, W, order_row, KIND, NP))
+    return _rstep(h, A2, x7, e7, _bc_at(b_row, _sidx(s0, 7, REV), L, H, W, order_row, KIND, NP))
 
 
 @triton.jit
-def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, s, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask,
+def _astep(ga, hp, dA, A2, u_i, dt_i, dy_i, Bi, Ci, s, L, H, W, order_row, db_row, dc_row, dst_row, smask,
            ndmask, N, KIND: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr, SAME_GROUP: tl.constexpr,
            HAS_Z: tl.constexpr, BC_MODE: tl.constexpr):
-    """Adjoint of base-order step s. ga: a_next * g_next (the adjoint flowing back into the state after step s);
-    hp: the state before step s. Returns the adjoint flowing into hp, dA, and per channel the gradient of dt
-    (before softplus), of u (scan part) and the scan output y (for dz); then the step's (NP, BD) dB and dC
+    """Adjoint of base-order step s, whose rows of B and C are Bi, Ci (``_bc_at``). ga: a_next * g_next (the
+    adjoint flowing back into the state after step s); hp: the state before step s. Returns the adjoint flowing
+    into hp, dA, and per channel the gradient of dt (before softplus), of u (scan part) and the scan output y (for
+    dz); then the step's (NP, BD) dB and dC
     partials, which it has already added to their rows unless BC_MODE is 3 (the caller adds a block's channel sums).
     BC_MODE 2 (16 states, 8 channels a warp, see ``_scatter_add4``): the caller sums the states too; in place of
     ddt, du and y it gets each lane group's part of the sums of w A, g B and C h (``_lane_groups``)."""
     pos = _pos_of(s, L, H, W, order_row, KIND)
     valid = s < L
     nb = tl.arange(0, NP)[:, None]
-    Bi = tl.load(b_row + pos * NP + nb)
-    Ci = tl.load(c_row + pos * NP + nb)
     a = tl.exp2(dt_i[None, :] * A2)
     dtu = dt_i * u_i
     h = a * hp + Bi * dtu[None, :]
@@ -936,41 +950,46 @@ def _bblock8(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
         q0, q1, q2, q3, q4, q5, q6, q7 = q7, q6, q5, q4, q3, q2, q1, q0
+    lo, hi = (s0 + 4, s0) if REV else (s0, s0 + 4)  # base steps of route steps 0-3, 4-7
+    Bl = _bc_rows4(b_row, lo, L, H, W, order_row, KIND, REV, NP)
+    Bh = _bc_rows4(b_row, hi, L, H, W, order_row, KIND, REV, NP)
+    Cl = _bc_rows4(c_row, lo, L, H, W, order_row, KIND, REV, NP)
+    Ch = _bc_rows4(c_row, hi, L, H, W, order_row, KIND, REV, NP)
     h = _tile(ck, A2.shape[1])
-    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    p4 = _rstep(h, A2, x3, e3, _sidx(s0, 3, REV), L, H, W, order_row, b_row, KIND, NP)
-    p5 = _rstep(p4, A2, x4, e4, _sidx(s0, 4, REV), L, H, W, order_row, b_row, KIND, NP)
-    p6 = _rstep(p5, A2, x5, e5, _sidx(s0, 5, REV), L, H, W, order_row, b_row, KIND, NP)
-    p7 = _rstep(p6, A2, x6, e6, _sidx(s0, 6, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t7, v7, y7, _, _ = _astep(ga, p7, dA, A2, x7, e7, q7, _sidx(s0, 7, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    h = _rstep(h, A2, x0, e0, Bl[0])
+    h = _rstep(h, A2, x1, e1, Bl[1])
+    h = _rstep(h, A2, x2, e2, Bl[2])
+    p4 = _rstep(h, A2, x3, e3, Bl[3])
+    p5 = _rstep(p4, A2, x4, e4, Bh[0])
+    p6 = _rstep(p5, A2, x5, e5, Bh[1])
+    p7 = _rstep(p6, A2, x6, e6, Bh[2])
+    ga, dA, t7, v7, y7, _, _ = _astep(ga, p7, dA, A2, x7, e7, q7, Bh[3], Ch[3], _sidx(s0, 7, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t6, v6, y6, _, _ = _astep(ga, p6, dA, A2, x6, e6, q6, _sidx(s0, 6, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t6, v6, y6, _, _ = _astep(ga, p6, dA, A2, x6, e6, q6, Bh[2], Ch[2], _sidx(s0, 6, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t5, v5, y5, _, _ = _astep(ga, p5, dA, A2, x5, e5, q5, _sidx(s0, 5, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t5, v5, y5, _, _ = _astep(ga, p5, dA, A2, x5, e5, q5, Bh[1], Ch[1], _sidx(s0, 5, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, _sidx(s0, 4, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t4, v4, y4, _, _ = _astep(ga, p4, dA, A2, x4, e4, q4, Bh[0], Ch[0], _sidx(s0, 4, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
     p0 = _tile(ck, A2.shape[1])
-    p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV), L, H, W, order_row, b_row, KIND, NP)
-    p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV), L, H, W, order_row, b_row, KIND, NP)
-    p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t3, v3, y3, _, _ = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    p1 = _rstep(p0, A2, x0, e0, Bl[0])
+    p2 = _rstep(p1, A2, x1, e1, Bl[1])
+    p3 = _rstep(p2, A2, x2, e2, Bl[2])
+    ga, dA, t3, v3, y3, _, _ = _astep(ga, p3, dA, A2, x3, e3, q3, Bl[3], Cl[3], _sidx(s0, 3, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t2, v2, y2, _, _ = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t2, v2, y2, _, _ = _astep(ga, p2, dA, A2, x2, e2, q2, Bl[2], Cl[2], _sidx(s0, 2, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t1, v1, y1, _, _ = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t1, v1, y1, _, _ = _astep(ga, p1, dA, A2, x1, e1, q1, Bl[1], Cl[1], _sidx(s0, 1, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t0, v0, y0, _, _ = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV), L, H, W, order_row, b_row,
-                                      c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t0, v0, y0, _, _ = _astep(ga, p0, dA, A2, x0, e0, q0, Bl[0], Cl[0], _sidx(s0, 0, REV), L,
+                                      H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                       SAME_GROUP, HAS_Z, BC_MODE)
     if REV:
         return (ga, dA, _join8(t7, t6, t5, t4, t3, t2, t1, t0), _join8(v7, v6, v5, v4, v3, v2, v1, v0),
@@ -996,17 +1015,18 @@ def _join4(x0, x1, x2, x3):
 
 
 @triton.jit
-def _hblock4(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr):
-    """The state after a block of 4 steps (route order), from the state h before it."""
+def _hblock4(h, A2, u, dt, Bs, REV: tl.constexpr):
+    """The state after a block of 4 steps (route order), from the state h before it and the block's rows of B
+    (``_bc_rows4``)."""
     x0, x1, x2, x3 = _split4(u)
     e0, e1, e2, e3 = _split4(dt)
     if REV:
         x0, x1, x2, x3 = x3, x2, x1, x0
         e0, e1, e2, e3 = e3, e2, e1, e0
-    h = _rstep(h, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    h = _rstep(h, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    return _rstep(h, A2, x3, e3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row, KIND, NP)
+    h = _rstep(h, A2, x0, e0, Bs[0])
+    h = _rstep(h, A2, x1, e1, Bs[1])
+    h = _rstep(h, A2, x2, e2, Bs[2])
+    return _rstep(h, A2, x3, e3, Bs[3])
 
 
 @triton.jit
@@ -1213,11 +1233,12 @@ def _block_add4(row, S0, S1, S2, S3, s0, L, H, W, order_row, KIND: tl.constexpr,
 
 
 @triton.jit
-def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db_row, dc_row, dst_row, smask, ndmask,
-             N, KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
+def _bblock4(ga, dA, ck, A2, u, dt, dy, Bs, Cs, s0, L, H, W, order_row, db_row, dc_row, dst_row, smask, ndmask, N,
+             KIND: tl.constexpr, REV: tl.constexpr, NP: tl.constexpr, HAS_DSTATES: tl.constexpr,
              SAME_GROUP: tl.constexpr, HAS_Z: tl.constexpr, BC_MODE: tl.constexpr, LANES: tl.constexpr):
-    """``_bblock8`` for a block of 4 steps: its states are recomputed once from the block's checkpoint and all kept
-    (fewer live values than a block of 8, twice the checkpoints)."""
+    """``_bblock8`` for a block of 4 steps, whose rows of B and C are Bs, Cs (``_bc_rows4``): its states are
+    recomputed once from the block's checkpoint and all kept (fewer live values than a block of 8, twice the
+    checkpoints)."""
     x0, x1, x2, x3 = _split4(u)
     e0, e1, e2, e3 = _split4(dt)
     q0, q1, q2, q3 = _split4(dy)
@@ -1226,20 +1247,20 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
         e0, e1, e2, e3 = e3, e2, e1, e0
         q0, q1, q2, q3 = q3, q2, q1, q0
     p0 = _tile(ck, A2.shape[1])
-    p1 = _rstep(p0, A2, x0, e0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    p2 = _rstep(p1, A2, x1, e1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    p3 = _rstep(p2, A2, x2, e2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row, KIND, NP)
-    ga, dA, t3, v3, y3, b3, c3 = _astep(ga, p3, dA, A2, x3, e3, q3, _sidx(s0, 3, REV, 4), L, H, W, order_row, b_row,
-                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    p1 = _rstep(p0, A2, x0, e0, Bs[0])
+    p2 = _rstep(p1, A2, x1, e1, Bs[1])
+    p3 = _rstep(p2, A2, x2, e2, Bs[2])
+    ga, dA, t3, v3, y3, b3, c3 = _astep(ga, p3, dA, A2, x3, e3, q3, Bs[3], Cs[3], _sidx(s0, 3, REV, 4), L, H, W,
+                                        order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                         SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t2, v2, y2, b2, c2 = _astep(ga, p2, dA, A2, x2, e2, q2, _sidx(s0, 2, REV, 4), L, H, W, order_row, b_row,
-                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t2, v2, y2, b2, c2 = _astep(ga, p2, dA, A2, x2, e2, q2, Bs[2], Cs[2], _sidx(s0, 2, REV, 4), L, H, W,
+                                        order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                         SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t1, v1, y1, b1, c1 = _astep(ga, p1, dA, A2, x1, e1, q1, _sidx(s0, 1, REV, 4), L, H, W, order_row, b_row,
-                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t1, v1, y1, b1, c1 = _astep(ga, p1, dA, A2, x1, e1, q1, Bs[1], Cs[1], _sidx(s0, 1, REV, 4), L, H, W,
+                                        order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                         SAME_GROUP, HAS_Z, BC_MODE)
-    ga, dA, t0, v0, y0, b0, c0 = _astep(ga, p0, dA, A2, x0, e0, q0, _sidx(s0, 0, REV, 4), L, H, W, order_row, b_row,
-                                        c_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
+    ga, dA, t0, v0, y0, b0, c0 = _astep(ga, p0, dA, A2, x0, e0, q0, Bs[0], Cs[0], _sidx(s0, 0, REV, 4), L, H, W,
+                                        order_row, db_row, dc_row, dst_row, smask, ndmask, N, KIND, NP, HAS_DSTATES,
                                         SAME_GROUP, HAS_Z, BC_MODE)
     if BC_MODE == 2:
         _scatter_add4(db_row, b0, b1, b2, b3, s0, L, H, W, order_row, KIND, REV, NP, LANES)
@@ -1267,19 +1288,45 @@ def _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row, db
 
 
 @triton.jit
-def _ck_block(h, A2, u, dt, j, bias, mask, ck_ptrs, ck_mask, L, H, W, order_row, b_row, KIND: tl.constexpr,
+def _ck_store(ptrs, x, mask, VEC: tl.constexpr):
+    """Store a flat state (``_flat``) at its checkpoint pointers. VEC (16 states, 8 channels a warp, compiled): a
+    thread's 4 registers are 4 consecutive states of one channel, 16 contiguous bytes of the (channel, state)
+    checkpoint rows: one 16-byte store (pack=4 hands the inline PTX a thread's 4 consecutive elements) where
+    tl.store, not told the pointers' contiguity (the `one` trick keeps the scan's layout), issues four 4-byte ones;
+    the whole checkpoint tile is always in bounds then (channels padded to tiles)."""
+    if VEC:
+        tl.inline_asm_elementwise("st.global.v4.f32 [$8], {$4, $5, $6, $7};\n\tmov.u32 $0, 0;\n\tmov.u32 $1, 0;"
+                                  "\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r,l,l,l,l", [x, ptrs.to(tl.int64)],
+                                  dtype=tl.int32, is_pure=False, pack=4)
+    else:
+        tl.store(ptrs, x, mask=mask)
+
+
+@triton.jit
+def _ck_load(ptrs, VEC: tl.constexpr):
+    """Load a flat checkpoint state: with VEC one 16-byte load a thread (see ``_ck_store``)."""
+    if VEC:
+        return tl.inline_asm_elementwise("ld.global.v4.f32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l,l,l,l", [ptrs],
+                                         dtype=tl.float32, is_pure=False, pack=4)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _ck_block(h, A2, u, dt, Bs, j, bias, mask, ck_ptrs, ck_mask, L, H, W, order_row, b_row, KIND: tl.constexpr,
               REV: tl.constexpr, NP: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              FAST: tl.constexpr):
-    """One block j of the backward's first pass, from its [BD, BS] tiles u and delta (dt, as loaded): store the
-    state h entering it (route order) at ck_ptrs and return the state after it."""
+              FAST: tl.constexpr, VEC: tl.constexpr = False):
+    """One block j of the backward's first pass, from its [BD, BS] tiles u and delta (dt, as loaded) and with 4
+    steps its rows of B (Bs, ``_bc_rows4``; with 8 they are read here): store the state h entering it (route order)
+    at ck_ptrs and return the state after it."""
     if HAS_BIAS:
         dt += bias[:, None]
     if SOFTPLUS:
         dt = _softplus(dt, FAST)
     dt = tl.where(mask, dt, 0.0)
-    tl.store(ck_ptrs, _flat(h), mask=ck_mask)
+    _ck_store(ck_ptrs, _flat(h), ck_mask, VEC)
     if BS == 4:
-        h = _hblock4(h, A2, u, dt, j * 4, L, H, W, order_row, b_row, KIND, REV, NP)
+        h = _hblock4(h, A2, u, dt, Bs, REV)
     else:
         h = _hblock8(h, A2, u, dt, j * 8, L, H, W, order_row, b_row, KIND, REV, NP)
     return h
@@ -1287,7 +1334,7 @@ def _ck_block(h, A2, u, dt, j, bias, mask, ck_ptrs, ck_mask, L, H, W, order_row,
 
 @triton.jit
 def _bwd_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, dmask, u_row, dl_row, do_row, z_row,
-               su_l, sdl_l, sdo_l, sz_l, ck_row, ck_stride, HAS_Z: tl.constexpr):
+               su_l, sdl_l, sdo_l, sz_l, ck_row, ck_stride, HAS_Z: tl.constexpr, VEC: tl.constexpr = False):
     """What the backward's second pass reads for block j: [BD, BS] tiles of u, delta, the output's gradient and z
     (the gradient again without z), fp32, and the flat state entering the block."""
     u, x = _ud_loads(j, t, BS, L, H, W, order_row, KIND, dmask, u_row, dl_row, su_l, sdl_l)
@@ -1299,7 +1346,7 @@ def _bwd_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, d
         zt = tl.load(z_row + pos[None, :] * sz_l, mask=m2, other=0.0).to(tl.float32)
     else:
         zt = do
-    return u, x, do, zt, tl.load(ck_row + j * ck_stride)
+    return u, x, do, zt, _ck_load(ck_row + j * ck_stride, VEC)
 
 
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
@@ -1316,7 +1363,7 @@ def _seq_bwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DLAST: tl.constexpr, HAS_DSTATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PREFETCH_CK: tl.constexpr, PIPE1: tl.constexpr, PIPE: tl.constexpr,
-    PASS1: tl.constexpr,
+    PASS1: tl.constexpr, PIPE_BC: tl.constexpr, PIPE_BC2: tl.constexpr, VEC_CK: tl.constexpr,
     BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
     FAST: tl.constexpr, ROUTES_FIRST: tl.constexpr,
 ):
@@ -1361,7 +1408,7 @@ def _seq_bwd_kernel(
             dc_row = dC_ptr + bc_off
         order_row = order_ptr + b * sord_b + k * sord_k
         dst_row = dst_ptr + ((b * K + k) * Dm + ed) * L * N + en
-        ck_row = ck_ptr + ((b * K + k) * nb * NP + en) * D_PAD + ed  # block-entry states, channels padded to tiles
+        ck_row = ck_ptr + ((b * K + k) * nb * D_PAD + ed) * NP + en  # block-entry states, channels padded to tiles
         bias = tl.load(bias_ptr + kx * sbias_k + d, mask=dmask, other=0.0) if HAS_BIAS else 0.0
         Dk = tl.load(D_ptr + kx * sD_k + d, mask=dmask, other=0.0) if HAS_D else 0.0
         # pass 1: the state entering every block, in route order
@@ -1372,8 +1419,10 @@ def _seq_bwd_kernel(
         live = (route == k) if PAR_ROUTES else (pid_d >= 0)
         n_blocks = tl.where(live, nb, 0)
         if PIPE1:
-            nu, ndt = _ud_loads(nb - 1 if REVS[k] else 0, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
-                                su_l, sdl_l)
+            j_first = nb - 1 if REVS[k] else 0
+            nu, ndt = _ud_loads(j_first, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
+            if PIPE_BC and BS == 4:
+                nB = _bc_rows4(b_row, j_first * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
         for jj in range(n_blocks if PASS1 else 0):  # (without PASS1 another kernel wrote ck: _seq_checkpoints)
             j = (nb - 1 - jj) if REVS[k] else jj
             if PREFETCH:
@@ -1382,14 +1431,20 @@ def _seq_bwd_kernel(
                 _prefetch(dl_row0 + pn * sdl_l, True)
                 _prefetch(b_row + pn * NP, SAME_GROUP)
             m2 = dmask[:, None] & (j * BS + t < L)[None, :]
+            Bs = None
             if PIPE1:
                 u, dt = nu, ndt
-                nu, ndt = _ud_loads(_next_block(j, nb, REVS[k]), t, BS, L, H, W, order_row, KINDS[k], dmask, u_row,
-                                    dl_row, su_l, sdl_l)
+                j_next = _next_block(j, nb, REVS[k])
+                nu, ndt = _ud_loads(j_next, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
+                if PIPE_BC and BS == 4:
+                    Bs = nB
+                    nB = _bc_rows4(b_row, j_next * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
             else:
                 u, dt = _ud_loads(j, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row, su_l, sdl_l)
-            h = _ck_block(h, A2, u, dt, j, bias, m2, ck_row + j * NP * D_PAD, ed < D_PAD, L, H, W, order_row, b_row,
-                          KINDS[k], REVS[k], NP, BS, HAS_BIAS, SOFTPLUS, FAST)
+            if BS == 4 and not (PIPE1 and PIPE_BC):
+                Bs = _bc_rows4(b_row, j * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
+            h = _ck_block(h, A2, u, dt, Bs, j, bias, m2, ck_row + j * NP * D_PAD, ed < D_PAD, L, H, W, order_row, b_row,
+                          KINDS[k], REVS[k], NP, BS, HAS_BIAS, SOFTPLUS, FAST, VEC_CK)
         tl.debug_barrier()
         # pass 2: blocks in reverse route order
         if HAS_DLAST:
@@ -1404,7 +1459,12 @@ def _seq_bwd_kernel(
         if PIPE:  # the first block's reads; every block then reads the next one's before its own work
             nu, nx, ndo, nzt, nck = _bwd_loads(0 if REVS[k] else nb - 1, t, BS, L, H, W, order_row, KINDS[k], dmask,
                                                u_row, dl_row, do_row0[:, None], z_row0[:, None], su_l, sdl_l, sdo_l,
-                                               sz_l, ck_row, NP * D_PAD, HAS_Z)
+                                               sz_l, ck_row, NP * D_PAD, HAS_Z, VEC_CK)
+            j_first = 0 if REVS[k] else nb - 1
+            if PIPE_BC2 > 0 and BS == 4:
+                nB2 = _bc_rows4(b_row, j_first * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
+            if PIPE_BC2 > 1 and BS == 4:
+                nC2 = _bc_rows4(c_row, j_first * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
         for jj in range(n_blocks):
             j = jj if REVS[k] else (nb - 1 - jj)
             if PREFETCH:  # the blocks are walked against the route's direction
@@ -1428,17 +1488,29 @@ def _seq_bwd_kernel(
             m2 = dmask[:, None] & (s < L)[None, :]
             if PIPE:
                 u, x, do, zt, ck = nu, nx, ndo, nzt, nck
-                nu, nx, ndo, nzt, nck = _bwd_loads(_next_block(j, nb, not REVS[k]), t, BS, L, H, W, order_row,
+                j_next = _next_block(j, nb, not REVS[k])
+                nu, nx, ndo, nzt, nck = _bwd_loads(j_next, t, BS, L, H, W, order_row,
                                                    KINDS[k], dmask, u_row, dl_row, do_row0[:, None], z_row0[:, None],
-                                                   su_l, sdl_l, sdo_l, sz_l, ck_row, NP * D_PAD, HAS_Z)
+                                                   su_l, sdl_l, sdo_l, sz_l, ck_row, NP * D_PAD, HAS_Z,
+                                                   VEC_CK)
+                if PIPE_BC2 > 0 and BS == 4:
+                    Bs = nB2
+                    nB2 = _bc_rows4(b_row, j_next * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
+                if PIPE_BC2 > 1 and BS == 4:
+                    Cs = nC2
+                    nC2 = _bc_rows4(c_row, j_next * 4, L, H, W, order_row, KINDS[k], REVS[k], NP)
             else:
                 u, x, do, zt, ck = _bwd_loads(j, t, BS, L, H, W, order_row, KINDS[k], dmask, u_row, dl_row,
                                               do_row0[:, None], z_row0[:, None], su_l, sdl_l, sdo_l, sz_l, ck_row,
-                                              NP * D_PAD, HAS_Z)
+                                              NP * D_PAD, HAS_Z, VEC_CK)
             x, dt, do, dy, zsig = _step_inputs(u, x, do, zt, bias[:, None] if HAS_BIAS else bias, m2, K,
                                                HAS_BIAS, SOFTPLUS, MERGE, HAS_Z, FAST)
             if BS == 4:
-                ga, dA, ddt, du, y = _bblock4(ga, dA, ck, A2, u, dt, dy, s0, L, H, W, order_row, b_row, c_row,
+                if not (PIPE and PIPE_BC2 > 0):
+                    Bs = _bc_rows4(b_row, s0, L, H, W, order_row, KINDS[k], REVS[k], NP)
+                if not (PIPE and PIPE_BC2 > 1):
+                    Cs = _bc_rows4(c_row, s0, L, H, W, order_row, KINDS[k], REVS[k], NP)
+                ga, dA, ddt, du, y = _bblock4(ga, dA, ck, A2, u, dt, dy, Bs, Cs, s0, L, H, W, order_row,
                                               db_row, dc_row, dst_row, e_mask, nd_mask, N, KINDS[k], REVS[k], NP,
                                               HAS_DSTATES, SAME_GROUP, HAS_Z, BC_MODE, FAST)
             else:
@@ -1881,6 +1953,23 @@ SEQ_BWD_PREFETCH_CK = False  # the backward's second pass also prefetches that b
 # (VMamba 1018 -> 1275: spills).
 SEQ_BWD_PIPELINE = True
 SEQ_BWD_PIPELINE_PASS1 = True
+# The rows of B (first pass) and of B and C (second pass) of a block of 4 steps read with its tiles, one block early
+# (ncu, Vim-S backward: the top stalls wait on a block's B and C loads, issued ~50 instructions before their use).
+# With one state the rows are one register a step: B and C of the second pass early pay (VMamba-T s1 bf16 kernel µs,
+# backward 2185 -> 1955 channels-last, fp32 2961 -> 2794). With 16 states they cost 16 registers each and spill
+# (Vim-S 2005 -> 2055 for B, 2260 for B and C; DPMamba intra 476 -> 487 / 539, inter 411 -> 446 / 494); B in the
+# first pass (Vim-S 2005 -> 2008, inter 411 -> 419, intra equal) neither; nor in the one-state checkpoint kernel
+# (_seq_checkpoints' u, delta and B a block early: VMamba-T s1 forward + checkpoints 1590 -> 1694 µs). H100.
+SEQ_BWD_PIPELINE_BC = False
+# The backward's block-entry states are (channel, state) rows ((B, K, blocks, D_PAD, NP)), so that a thread's states
+# of a channel are contiguous; with 16 states one 16-byte access a thread (_ck_store, _ck_load) instead of four of 4
+# bytes (ncu, Vim-S: the checkpoints' 4-byte accesses were 39 M of the 97 M L2 requests; the loop lost its spill, 580
+# -> 560 SASS instructions). Kernel µs, backward, bf16: (state, channel) rows -> (channel, state) rows -> 16-byte
+# accesses: Vim-S 2003 -> 1793 -> 1726, DPMamba intra 475 -> 442 -> 432, inter 411 -> 405 -> 383; fp32 Vim-S 2186 ->
+# 2147 (the first step not measured in fp32). H100.
+SEQ_VECTOR_CK = True
+SEQ_BWD_PIPELINE_BC2 = 0  # 1: B, 2: B and C
+SEQ_ONE_STATE_BWD_PIPELINE_BC2 = 2
 SEQ_FWD_PIPELINE = True
 SEQ_ONE_STATE_FWD_PIPELINE = False
 # One state: the backward's first pass (the state entering every block of 4 steps) as its own kernel
@@ -2250,7 +2339,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     d_pad = call.n_tiles * call.block_d
     # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
-    ck = _new((batch, K, call.n_sub * 8 // block, call.NP, d_pad), torch.float32, device)
+    ck = _new((batch, K, call.n_sub * 8 // block, d_pad, call.NP), torch.float32, device)
     init = initial_state.contiguous() if initial_state is not None else None
     ck_kernel = block == 4 and (SEQ_ONE_STATE_CK_KERNEL if N == 1 else SEQ_CK_KERNEL)
     if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
@@ -2295,7 +2384,9 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
         HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, AHEAD=SEQ_BWD_AHEAD,
         PREFETCH_CK=SEQ_BWD_PREFETCH_CK, PIPE1=SEQ_BWD_PIPELINE_PASS1 and not ck_kernel, PIPE=SEQ_BWD_PIPELINE,
-        PASS1=not ck_kernel,
+        PASS1=not ck_kernel, PIPE_BC=SEQ_BWD_PIPELINE_BC,
+        VEC_CK=SEQ_VECTOR_CK and not _INTERPRETED and (call.NP, call.block_d) == (SCATTER_NP, SCATTER_LANES),
+        PIPE_BC2=SEQ_BWD_PIPELINE_BC2 if N > 1 else SEQ_ONE_STATE_BWD_PIPELINE_BC2,
         num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
