@@ -1295,9 +1295,10 @@ def _ck_store(ptrs, x, mask, VEC: tl.constexpr):
     tl.store, not told the pointers' contiguity (the `one` trick keeps the scan's layout), issues four 4-byte ones;
     the whole checkpoint tile is always in bounds then (channels padded to tiles)."""
     if VEC:
+        # (the pointers as integers: the elementwise asm cannot broadcast a pointer with a float)
         tl.inline_asm_elementwise("st.global.v4.f32 [$8], {$4, $5, $6, $7};\n\tmov.u32 $0, 0;\n\tmov.u32 $1, 0;"
-                                  "\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r,l,l,l,l", [x, ptrs.to(tl.int64)],
-                                  dtype=tl.int32, is_pure=False, pack=4)
+                                  "\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r,l,l,l,l",
+                                  [x, ptrs.to(tl.int64)], dtype=tl.int32, is_pure=False, pack=4)
     else:
         tl.store(ptrs, x, mask=mask)
 
@@ -1939,6 +1940,10 @@ SEQ_ROUTES_FIRST = True
 # (Vim-S 421 -> 449, DPMamba inter 121 -> 173); the N > 1 backwards move a few % either way (Vim-S 2369 -> 2339,
 # DPMamba intra 596 -> 575, inter 598 -> 606, Vim-S fp32 2642 -> 2656) and VMamba's loses (2380 -> 2591).
 SEQ_PREFETCH = True
+# The N > 1 backward without it, after its checkpoints' 16-byte accesses (SEQ_VECTOR_CK): kernel µs, bf16, Vim-S
+# 1727 -> 1642, DPMamba intra 423 -> 416, inter 381 -> 384 (ncu, Vim-S: the prefetches were half of its 133 M L2
+# requests). H100.
+SEQ_BWD_PREFETCH = False
 # How far ahead (blocks). Farther did not pay: VMamba-T s1 channels-last bf16 kernels fwd / bwd 1329 / 4285 µs at 1,
 # 1306 / 4312 at 2, 1431 / 4422 at 4, 1471 / 5091 at 8; the checkpoint as well at 4: 1434 / 4255 (Vim-S 2981 at 1,
 # 3067 with it), H100.
@@ -2382,7 +2387,9 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, **call.flags, BC_MODE=bc_mode, BS=block, AHEAD=SEQ_BWD_AHEAD,
+        HAS_DSTATES=dstates is not None,
+        **{**call.flags, "PREFETCH": call.flags["PREFETCH"] and (SEQ_BWD_PREFETCH or N == 1)},
+        BC_MODE=bc_mode, BS=block, AHEAD=SEQ_BWD_AHEAD,
         PREFETCH_CK=SEQ_BWD_PREFETCH_CK, PIPE1=SEQ_BWD_PIPELINE_PASS1 and not ck_kernel, PIPE=SEQ_BWD_PIPELINE,
         PASS1=not ck_kernel, PIPE_BC=SEQ_BWD_PIPELINE_BC,
         VEC_CK=SEQ_VECTOR_CK and not _INTERPRETED and (call.NP, call.block_d) == (SCATTER_NP, SCATTER_LANES),
