@@ -1995,7 +1995,10 @@ SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # session: Vim-S / DPMamba inter / intra 2367 / 598 / 592 at 168, 2412 / 609 / 606 at 160, 2692 / 704 / 705 at 184.
 # With the shuffled reduce-scatter of dB/dC (SEQ_SCATTER_BC), kernel µs Vim-S / DPMamba inter / intra bwd: 168 (12
 # warps per SM) 2170 / 499 / 523; 152 (13) 2251 / 522 / 549; 144 (14) 2467 / 565 / 591; 184 (11, no spill) 2527 / 575
-# / 642; with 168, prefetching the block's checkpoint as well (SEQ_BWD_PREFETCH_CK): 2251 / 510 / 540.
+# / 642; with 168, prefetching the block's checkpoint as well (SEQ_BWD_PREFETCH_CK): 2251 / 510 / 540. Again after the
+# 16-byte checkpoints (no spill left at 168; the loop has none down to 144): 168 1641 / 383 / 415; 152 1675 / 394 /
+# 424; 144 1714 / 405 / 428; 136 1737 / 416 / 438; 128 1732 / 372 / 474; 184 1892 / 466 / 505 (fp32 Vim-S: 168 2131,
+# 144 2161).
 SEQ_BWD_MAXNREG = 168
 # With one state the backward's cap pays: 168 registers give it 12 warps per SM instead of 8 (7293 -> 5591 µs; 128:
 # 6596); pipelined, 144 (14 warps): 3674 -> 3557 µs (128: 3849). H100, bf16. The forward (64 lanes) runs best
