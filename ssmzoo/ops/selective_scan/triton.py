@@ -8,21 +8,21 @@ Two kernel families share the contract:
 
 - Sequential kernels (every route 1-D storage order or its reverse: Vim, Mamba, dual-path; and grid routes in the
   channels-last layout, where a warp's loads are coalesced along channels whatever the route; ``sequential``;
-  channels-first grid routes run them on channels-last copies, ``via_channels_last``): one
-  program = one warp of channels, each thread walks its channel's route step by step with its share of the N
-  states in registers (N split over four lane groups, 8 channels a warp, a thread's states contiguous; one state:
-  a thread per channel in the backward, two channels a thread in the forward: ``_seq_lanes``). Tiles of 8 steps
-  are loaded coalesced along time and split into steps in registers; the next block is prefetched into L1. The
-  backward runs a forward pass that writes the state entering every block of 4 steps ((B, K, L/4, N, D) fp32, never
-  (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once (``SEQ_BWD_BLOCK``),
-  summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4] tile
-  (``_block_add4``; with 16 or one state a reduce-scatter by lane shuffles, ``_scatter_add4``/``_scatter_add8``,
-  and with 16 the sums over states likewise, ``_group_scatter4``). The forward
-  exchanges lanes only when a channel's states are split (its output's sum over states). A program walks its K
-  routes one after the other and merges them through a program-private fp32 workspace; for routes of 128 steps
-  or more (VMamba, Vim, DPMamba intra) each route gets its own program, which stores its own plane of the output
-  (and of shared inputs' gradients) in the result's dtype, and ``_merge_routes`` sums the planes (mean, gate,
-  cast) in one kernel. A block's tiles are loaded into registers one block before their use.
+  channels-first grid routes run them on channels-last copies, ``via_channels_last``): one program = one warp of
+  channels, each thread walks its channel's route step by step with its share of the N states in registers (N split
+  over four lane groups, 8 channels a warp, a thread's states contiguous; one state: a thread per channel in the
+  backward, two channels a thread in the forward: ``_seq_lanes``). Tiles of 8 steps are loaded coalesced along time
+  and split into steps in registers; the next block is prefetched into L1 (not by the backward with N > 1,
+  ``SEQ_BWD_PREFETCH``). The backward runs a forward pass that writes the state entering every block of 4 steps ((B,
+  K, L/4, D, N) fp32, never (B, D, L, N)), then walks the blocks in reverse, recomputing each block's states once
+  (``SEQ_BWD_BLOCK``), summing dB/dC over the warp's channels and adding a block's sums with one atomic over an [N, 4]
+  tile (``_block_add4``; with 16 or one state a reduce-scatter by lane shuffles, ``_scatter_add4``/``_scatter_add8``,
+  and with 16 the sums over states likewise, ``_group_scatter4``). The forward exchanges lanes only when a channel's
+  states are split (its output's sum over states). A program walks its K routes one after the other and merges them
+  through a program-private fp32 workspace; for routes of 128 steps or more (VMamba, Vim, DPMamba intra) each route
+  gets its own program, which stores its own plane of the output (and of shared inputs' gradients) in the result's
+  dtype, and ``_merge_routes`` sums the planes (mean, gate, cast) in one kernel. A block's tiles are loaded into
+  registers one block before their use.
 - Tile kernels (TABLE routes: permutations, per-sample routes; channels-first grid routes when
   ``SEQ_GRID_VIA_CHANNELS_LAST`` is off), described below.
 
@@ -55,14 +55,14 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 6.3x the floor channels-first (copies + sequential kernels), 5.0x channels-last; Vim-S 5.6x,
-DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 6.3x and 5.6x; B and C are staged by one kernel
+VMamba-T s1 6.1x the floor channels-first (copies + sequential kernels), 4.7x channels-last; Vim-S 4.8x,
+DPMamba-M intra and inter 15-18x (host-bound: their kernels alone 5.5x and 5.0x; B and C are staged by one kernel
 and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
 stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
-block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) issued
-0.50 instructions per scheduler and cycle, bound by dependent arithmetic and shuffles; its first pass (recomputing
-the block-entry states) is 13 % of it. With one state that pass runs as its own kernel (``_seq_checkpoints``). The
-knobs below record what was measured for each choice.
+block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) waits
+most on its rows of B and C, which each warp reads through L2 (they cost too many registers to load a block
+early); its first pass (recomputing the block-entry states) is 13 % of it. With one state that pass runs as its
+own kernel (``_seq_checkpoints``). The knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
@@ -2006,7 +2006,7 @@ SEQ_BWD_MAXNREG = 168
 SEQ_ONE_STATE_FWD_MAXNREG = None
 SEQ_ONE_STATE_BWD_MAXNREG = 144
 # Backward blocks of 4 steps (recomputed once from their own checkpoint, all 4 states kept: fewer live values) or of
-# 8 (states recomputed in two halves, half the checkpoints, (B, K, L/8, N, D) fp32). N > 1: 4 (Vim-S bwd 4397 ->
+# 8 (states recomputed in two halves, half the checkpoints, (B, K, L/8, D, N) fp32). N > 1: 4 (Vim-S bwd 4397 ->
 # 3747 µs, DPMamba inter 1217 -> 1105); one state: 4 as well since a block's dB/dC go out with one atomic
 # (_block_add4; VMamba-T s1 channels-last 5249 -> 4764 µs; with per-tile rows, blocks of 8 won: 5591 vs 6129).
 # H100, bf16.
