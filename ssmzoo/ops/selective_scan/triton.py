@@ -1963,7 +1963,8 @@ SEQ_BWD_PIPELINE_PASS1 = True
 # With one state the rows are one register a step: B and C of the second pass early pay (VMamba-T s1 bf16 kernel µs,
 # backward 2185 -> 1955 channels-last, fp32 2961 -> 2794). With 16 states they cost 16 registers each and spill
 # (Vim-S 2005 -> 2055 for B, 2260 for B and C; DPMamba intra 476 -> 487 / 539, inter 411 -> 446 / 494); B in the
-# first pass (Vim-S 2005 -> 2008, inter 411 -> 419, intra equal) neither; nor in the one-state checkpoint kernel
+# first pass (Vim-S 2005 -> 2008, inter 411 -> 419, intra equal; after the 16-byte checkpoints 1642 -> 1639, 385 ->
+# 384, 415 -> 415) neither; nor in the one-state checkpoint kernel
 # (_seq_checkpoints' u, delta and B a block early: VMamba-T s1 forward + checkpoints 1590 -> 1694 µs). H100.
 SEQ_BWD_PIPELINE_BC = False
 # The backward's block-entry states are (channel, state) rows ((B, K, blocks, D_PAD, NP)), so that a thread's states
@@ -1987,6 +1988,8 @@ SEQ_ONE_STATE_CK_LANES = 32  # its channels a warp (None: the forward's)
 # written by their own kernel they go to DRAM, where the backward's own first pass rereads most from L2 (its
 # program's rows, just written). H100 bf16 kernel µs, backward alone -> checkpoint kernel + backward: Vim-S 2420 ->
 # 514 + 2003, DPMamba intra 619 -> 185 + 498, inter 624 -> 116 + 535 (8 lanes, or a 144-register cap: no better).
+# Again with the (channel, state) checkpoint rows: Vim-S 1642 -> 616 + 1279 (8 lanes; 32: 1283 + 1280), DPMamba intra
+# 415 -> 176 + 307, inter 385 -> 136 + 296: the first pass is ~360 µs of the Vim-S backward.
 SEQ_CK_KERNEL = False
 SEQ_CK_LANES = 32
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
