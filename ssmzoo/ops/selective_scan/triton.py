@@ -1033,23 +1033,10 @@ def _hblock4(h, A2, u, dt, Bs, REV: tl.constexpr):
 def _shfl_xor(x, LANE: tl.constexpr):
     """Each thread's registers of x from the lane ``LANE`` (1, 2, 4, 8 or 16) apart by a butterfly shuffle (fp32).
     Not pure for the compiler, so that it does not move a layout conversion across the shuffle (which would change
-    what the lanes hold)."""
-    if LANE == 1:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
-    elif LANE == 2:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
-    elif LANE == 4:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
-    elif LANE == 8:
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
-    else:
-        tl.static_assert(LANE == 16)
-        return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 0x1f, -1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
+    what the lanes hold). The distance is an immediate operand: a constant tensor the compiler folds."""
+    tl.static_assert(LANE == 1 or LANE == 2 or LANE == 4 or LANE == 8 or LANE == 16)
+    return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r",
+                                     [x, tl.full(x.shape, LANE, tl.int32)], dtype=tl.float32, is_pure=False, pack=1)
 
 
 @triton.jit
