@@ -869,14 +869,17 @@ def _hblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, KIND: tl.constexpr, RE
     if REV:
         x0, x1, x2, x3, x4, x5, x6, x7 = x7, x6, x5, x4, x3, x2, x1, x0
         e0, e1, e2, e3, e4, e5, e6, e7 = e7, e6, e5, e4, e3, e2, e1, e0
-    h = _rstep(h, A2, x0, e0, _bc_at(b_row, _sidx(s0, 0, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x1, e1, _bc_at(b_row, _sidx(s0, 1, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x2, e2, _bc_at(b_row, _sidx(s0, 2, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x3, e3, _bc_at(b_row, _sidx(s0, 3, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x4, e4, _bc_at(b_row, _sidx(s0, 4, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x5, e5, _bc_at(b_row, _sidx(s0, 5, REV), L, H, W, order_row, KIND, NP))
-    h = _rstep(h, A2, x6, e6, _bc_at(b_row, _sidx(s0, 6, REV), L, H, W, order_row, KIND, NP))
-    return _rstep(h, A2, x7, e7, _bc_at(b_row, _sidx(s0, 7, REV), L, H, W, order_row, KIND, NP))
+    lo, hi = (s0 + 4, s0) if REV else (s0, s0 + 4)  # base steps of route steps 0-3, 4-7
+    Bl = _bc_rows4(b_row, lo, L, H, W, order_row, KIND, REV, NP)
+    Bh = _bc_rows4(b_row, hi, L, H, W, order_row, KIND, REV, NP)
+    h = _rstep(h, A2, x0, e0, Bl[0])
+    h = _rstep(h, A2, x1, e1, Bl[1])
+    h = _rstep(h, A2, x2, e2, Bl[2])
+    h = _rstep(h, A2, x3, e3, Bl[3])
+    h = _rstep(h, A2, x4, e4, Bh[0])
+    h = _rstep(h, A2, x5, e5, Bh[1])
+    h = _rstep(h, A2, x6, e6, Bh[2])
+    return _rstep(h, A2, x7, e7, Bh[3])
 
 
 @triton.jit
