@@ -169,7 +169,9 @@ LARGE_CASE = dict(batch=2, Dm=6, N=3, G=3, spatial=(9, 8), routes=directions.cro
 KNOB_PREFIXES = {
     "bwd16": ("SEQ_BWD_LANES", 16),  # 16 lanes (2 threads per channel)
     "fwd32": ("SEQ_FWD_LANES", 32),  # forward with N > 1: 32 lanes (a channel's states in one thread)
-    "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route planes summed by _merge_routes
+    "parallel": ("SEQ_PAR_ROUTES_MIN_L", 0),  # one route per program, route planes summed in the kernel's tail (N > 1)
+    "kernelmerge": ("TAIL_MERGE_MAX", 0),  # the same, route planes summed by _merge_routes after the kernel
+    "tailone": ("SEQ_ONE_STATE_TAIL_MERGE", True),  # one state: route planes summed in the kernel's tail
     "routeslast": ("SEQ_ROUTES_FIRST", False),  # one route per program, N > 1: routes the grid's slowest axis
     "partial": ("SEQ_PARTIAL_BC_MAX_NP", 64),  # dB/dC rows stored per channel tile, summed by the host
     "block8": ("SEQ_BWD_BLOCK", 8),  # backward blocks of 8 steps with N > 1
@@ -454,7 +456,8 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "nockkernel:cross2d-one-state-70-channels", "ck64:cross2d-one-state-70-channels",
                   "nockkernel:parallel:cross2d-channels-last-per-route-out",
                   "parallel:cross2d-groups-shared-u", "parallel:large", "cfdirect:cross2d-groups-shared-u",
-                  "cfdirect:parallel:large"])
+                  "cfdirect:parallel:large", "kernelmerge:parallel:bidi-mean-z-init-states",
+                  "kernelmerge:parallel:large", "tailone:parallel:cross2d-one-state-70-channels"])
 
 
 @pytest.fixture(scope="module")
@@ -617,6 +620,10 @@ GPU_KNOB_CASES = {
     "one-state-blocks-of-8": ("SEQ_ONE_STATE_BWD_BLOCK", 8, "vmamba-t-s1-channels-last"),
     "channels-first-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "vmamba-t-s1"),
     "33-states-grid-tile-kernels": ("SEQ_GRID_VIA_CHANNELS_LAST", False, "33-states-grid"),
+    "routes-merged-by-a-kernel": ("TAIL_MERGE_MAX", 0, "vim-s"),
+    "one-state-routes-merged-in-the-tail": ("SEQ_ONE_STATE_TAIL_MERGE", True, "vmamba-t-s1"),
+    "one-state-routes-merged-in-the-tail-channels-last": ("SEQ_ONE_STATE_TAIL_MERGE", True,
+                                                          "vmamba-t-s1-channels-last"),
 }
 
 

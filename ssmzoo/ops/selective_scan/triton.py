@@ -699,7 +699,7 @@ def _program_ids(PAR_ROUTES: tl.constexpr, ROUTES_FIRST: tl.constexpr):
 @triton.jit(do_not_specialize=["sA_d", "sA_n", "one"])
 def _seq_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr,
-    out_ptr, ws_ptr, last_ptr, states_ptr, ck_ptr,
+    out_ptr, ws_ptr, last_ptr, states_ptr, ck_ptr, cnt_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
     sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, so_b, so_k, so_d, so_l, sws_b, sws_k, sws_d, sws_l,
     sord_b, sord_k,
@@ -710,13 +710,13 @@ def _seq_fwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, RET_LAST: tl.constexpr, RET_STATES: tl.constexpr,
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PIPE: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
-    CK_ONLY: tl.constexpr, ROUTES_FIRST: tl.constexpr,
+    CK_ONLY: tl.constexpr, ROUTES_FIRST: tl.constexpr, TAIL_MERGE: tl.constexpr, MERGE_BL: tl.constexpr,
 ):
     """The forward; with CK_ONLY the backward's first pass instead: the state entering every block of 4 steps of
     each route into ck ((B, K, L/4, D_PAD, NP) fp32, as _seq_bwd_kernel lays it out), nothing else."""
     # PAR_ROUTES: one route per program, the others walk no blocks; merged routes store their own plane of the
-    # workspace and _merge_routes sums them
-    pid_d, b, route, _ = _program_ids(PAR_ROUTES, ROUTES_FIRST)
+    # workspace, summed by the last of a tile's route programs (TAIL_MERGE) or by _merge_routes
+    pid_d, b, route, n_d_programs = _program_ids(PAR_ROUTES, ROUTES_FIRST)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < Dm
     t = tl.arange(0, 8)
@@ -821,6 +821,10 @@ def _seq_fwd_kernel(
         if RET_LAST and not CK_ONLY:
             tl.store(last_ptr + ((b * K + k) * Dm + ed) * N + en, _flat(h), mask=e_mask & live)
         tl.debug_barrier()  # the next route rereads the workspace
+    if TAIL_MERGE:  # the tile's last route program sums the planes into the output
+        if _last_route(cnt_ptr + b * n_d_programs + pid_d, K):
+            _merge_tail(ws_ptr, z_ptr, out_ptr, b, d, dmask, L, sws_b, sws_k, sws_d, sws_l, sz_b, sz_d, sz_l, so_b,
+                        so_d, so_l, K, MERGE == 2, HAS_Z, FAST, MERGE_BL)
 
 
 @triton.jit
@@ -1344,6 +1348,7 @@ def _bwd_loads(j, t, BS: tl.constexpr, L, H, W, order_row, KIND: tl.constexpr, d
 def _seq_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, order_ptr, init_ptr, dout_ptr, dlast_ptr, dst_ptr,
     ck_ptr, du_ptr, ddl_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dz_ptr, dinit_ptr, wsu_ptr, wsdl_ptr, wsz_ptr,
+    cnt_ptr,
     su_b, su_k, su_d, su_l, sdl_b, sdl_k, sdl_d, sdl_l, sA_k, sA_d, sA_n,
     sB_b, sB_k, sB_g, sD_k, sbias_k, sz_b, sz_d, sz_l, sdo_b, sdo_k, sdo_d, sdo_l, sord_b, sord_k,
     sdu_b, sdu_k, sdu_d, sdu_l, sddl_b, sddl_k, sddl_d, sddl_l, sdz_b, sdz_d, sdz_l, sws_b, sws_k, sws_d, sws_l,
@@ -1356,7 +1361,7 @@ def _seq_bwd_kernel(
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PREFETCH_CK: tl.constexpr, PIPE1: tl.constexpr, PIPE: tl.constexpr,
     PASS1: tl.constexpr, PIPE_BC: tl.constexpr, PIPE_BC2: tl.constexpr, VEC_CK: tl.constexpr,
     BC_MODE: tl.constexpr, PAR_ROUTES: tl.constexpr, BS: tl.constexpr,
-    FAST: tl.constexpr, ROUTES_FIRST: tl.constexpr,
+    FAST: tl.constexpr, ROUTES_FIRST: tl.constexpr, TAIL_MERGE: tl.constexpr, MERGE_BL: tl.constexpr,
 ):
     # as in the forward; shared inputs' gradients go to route planes
     pid_d, b, route, n_d_programs = _program_ids(PAR_ROUTES, ROUTES_FIRST)
@@ -1524,6 +1529,17 @@ def _seq_bwd_kernel(
         if HAS_BIAS:
             tl.atomic_add(dbias_ptr + kx * Dm + d, dbias_acc, mask=dmask & live, sem="relaxed")
         tl.debug_barrier()  # the next route rereads the workspaces
+    if TAIL_MERGE:  # the tile's last route program sums the shared inputs' gradient planes into the gradients
+        if _last_route(cnt_ptr + b * n_d_programs + pid_d, K):
+            if not U_ROUTES:
+                _merge_tail(wsu_ptr, wsu_ptr, du_ptr, b, d, dmask, L, sws_b, sws_k, sws_d, sws_l, 0, 0, 0, sdu_b,
+                            sdu_d, sdu_l, K, False, False, FAST, MERGE_BL)
+            if not DL_ROUTES:
+                _merge_tail(wsdl_ptr, wsdl_ptr, ddl_ptr, b, d, dmask, L, sws_b, sws_k, sws_d, sws_l, 0, 0, 0, sddl_b,
+                            sddl_d, sddl_l, K, False, False, FAST, MERGE_BL)
+            if HAS_Z:
+                _merge_tail(wsz_ptr, wsz_ptr, dz_ptr, b, d, dmask, L, sws_b, sws_k, sws_d, sws_l, 0, 0, 0, sdz_b,
+                            sdz_d, sdz_l, K, False, False, FAST, MERGE_BL)
 
 
 @triton.jit
@@ -1566,25 +1582,59 @@ def _stage_kernel(b_ptr, c_ptr, out_ptr, Kb, G, N, L, length, sb_b, sb_k, sb_g, 
 
 
 @triton.jit
-def _merge_routes_kernel(p_ptr, z_ptr, out_ptr, Dm, L, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
-                         K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr,
-                         BD: tl.constexpr, BL: tl.constexpr):
-    """out[b] = the K route planes p[b, k] summed in fp32 (divided by K for a mean, gated by silu(z)), a [BD, BL]
-    tile of (D, L) a program, read and written along the layout's contiguous axis (unit strides are specialised)."""
-    b = tl.program_id(2).to(tl.int64)
-    d = tl.program_id(1) * BD + tl.arange(0, BD)
-    ls = tl.program_id(0) * BL + tl.arange(0, BL)
-    m = (d < Dm)[:, None] & (ls < L)[None, :]
-    offs = d[:, None] * sp_d + ls[None, :] * sp_l
-    acc = tl.zeros([BD, BL], tl.float32)
+def _merge_block(p_ptr, z_ptr, out_ptr, b, d, ls, m, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                 K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr, L2_ONLY: tl.constexpr):
+    """out[b, d, ls] = the K route planes p[b, k, d, ls] summed in fp32 (divided by K for a mean, gated by silu(z)),
+    under mask m. L2_ONLY: the planes are read past L1 (other programs of the running kernel wrote them)."""
+    offs = b * sp_b + d[:, None] * sp_d + ls[None, :] * sp_l
+    acc = tl.zeros([d.shape[0], ls.shape[0]], tl.float32)
     for k in tl.static_range(K):
-        acc += tl.load(p_ptr + b * sp_b + k * sp_k + offs, mask=m, other=0.0).to(tl.float32)
+        if L2_ONLY:
+            acc += tl.load(p_ptr + k * sp_k + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+        else:
+            acc += tl.load(p_ptr + k * sp_k + offs, mask=m, other=0.0).to(tl.float32)
     if MEAN:
         acc = acc / K
     if HAS_Z:
         zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + ls[None, :] * sz_l, mask=m, other=0.0).to(tl.float32)
         acc = acc * zt * _sigmoid(zt, FAST)
     tl.store(out_ptr + b * so_b + d[:, None] * so_d + ls[None, :] * so_l, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _merge_routes_kernel(p_ptr, z_ptr, out_ptr, Dm, L, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                         K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr,
+                         BD: tl.constexpr, BL: tl.constexpr):
+    """``_merge_block`` on a [BD, BL] tile of (D, L) a program, read and written along the layout's contiguous axis
+    (unit strides are specialised)."""
+    b = tl.program_id(2).to(tl.int64)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    ls = tl.program_id(0) * BL + tl.arange(0, BL)
+    m = (d < Dm)[:, None] & (ls < L)[None, :]
+    _merge_block(p_ptr, z_ptr, out_ptr, b, d, ls, m, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                 K, MEAN, HAS_Z, FAST, False)
+
+
+@triton.jit
+def _last_route(cnt_ptr, K: tl.constexpr):
+    """Whether this program is the last of its channel tile's K one-route programs to get here: their planes are
+    then complete and visible to it. The barrier puts every lane's plane stores before the count, whose release
+    publishes them (acquire: the last program sees the others'). The last one leaves the count at zero for the
+    next kernel on the stream (``_route_counters``)."""
+    tl.debug_barrier()
+    last = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu") == K - 1
+    tl.store(cnt_ptr, 0, mask=last)
+    return last
+
+
+@triton.jit
+def _merge_tail(p_ptr, z_ptr, out_ptr, b, d, dmask, L, sp_b, sp_k, sp_d, sp_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                K: tl.constexpr, MEAN: tl.constexpr, HAS_Z: tl.constexpr, FAST: tl.constexpr, BL: tl.constexpr):
+    """``_merge_block`` over a whole route, BL steps at a time, for the channels d of a program (its tile)."""
+    for l0 in range(0, L, BL):
+        ls = l0 + tl.arange(0, BL)
+        _merge_block(p_ptr, z_ptr, out_ptr, b, d, ls, dmask[:, None] & (ls < L)[None, :], sp_b, sp_k, sp_d, sp_l,
+                     sz_b, sz_d, sz_l, so_b, so_d, so_l, K, MEAN, HAS_Z, FAST, True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -2082,6 +2132,40 @@ def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: boo
     return out
 
 
+# One route per program, merged: the last of a channel tile's route programs to finish sums the tile's planes (the
+# forward's y, the backward's gradients of shared inputs) in the kernel's tail (``_last_route``, ``_merge_tail``)
+# instead of a _merge_routes launch after the kernel, for routes of at most TAIL_MERGE_MAX elements (batch * D * L).
+# It saves the host a launch (and the planes' second trip through DRAM) but a tail is one warp merging its tile, ~1.6x
+# the merge kernel's time: a gain where the host is the limit, a loss on large calls. H100 bf16 (kernel µs, fwd+bwd
+# µs through the op; tail steps 32 / 256): Vim-S (19.4 M elements a route) kernels 2161 -> 2260 / 2222; DPMamba intra
+# (4.4 M, host-bound) kernels 563 -> 578 / 560, fwd+bwd 1766-1991 -> 1590 / 1482 (the lent host's noise is ~10 %);
+# VMamba-T s1 with one state (routes not run together, their planes in DRAM) kernels 4126 -> 4168 channels-last, 5289
+# -> 5340 channels-first: off there.
+SEQ_TAIL_MERGE = True
+SEQ_ONE_STATE_TAIL_MERGE = False
+TAIL_MERGE_MAX = 1 << 23
+# steps of a tile the tail merges at a time (Vim-S forward kernel µs: 32 513, 64 650, 128 532, 256 505)
+TAIL_MERGE_STEPS = 256
+
+# int32 counts of the tail merge per (device, stream): a stream's kernels run one after another, and each leaves
+# the counts at zero (the last program of a tile resets its own), so a stream's buffer is never cleared again.
+_route_counters: dict[tuple, Tensor] = {}
+
+
+def _tail_merge(call: _SeqCall, device) -> Tensor | None:
+    """The counts for a call's tail merge (``SEQ_TAIL_MERGE``; a program of its grid each), or None without one."""
+    if not (call.par_routes and (SEQ_TAIL_MERGE if call.N > 1 else SEQ_ONE_STATE_TAIL_MERGE)
+            and call.batch * call.Dm * call.L <= TAIL_MERGE_MAX):
+        return None
+    n = call.batch * call.n_tiles
+    key = (device, torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0)
+    counts = _route_counters.get(key)
+    if counts is None or counts.numel() < n:
+        counts = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+        _route_counters[key] = counts
+    return counts
+
+
 def _channels_last_copy(x: Tensor | None) -> Tensor | None:
     """A (B, K, D, L) or (B, D, L) tensor copied to channels-last storage (the same logical view); x itself when its
     channels are already contiguous (a copy saved by the forward, see ``saved_inputs``)."""
@@ -2296,15 +2380,18 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     last = _new((batch, K, Dm, N), torch.float32, device) if return_last_state else None
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
     init = initial_state.contiguous() if initial_state is not None else None
+    counts = _tail_merge(call, device) if planes else None
     launch(_seq_fwd_kernel, call.grid,
-        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, None),
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, None,
+                   counts),
         *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes, 0,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
         RET_STATES=return_states, **call.flags, AHEAD=SEQ_FWD_AHEAD,
-        PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, CK_ONLY=False, num_warps=1,
+        PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, CK_ONLY=False,
+        TAIL_MERGE=counts is not None, MERGE_BL=TAIL_MERGE_STEPS, num_warps=1,
         **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
-    if planes:  # sum, mean, gate and cast in one kernel
+    if planes and counts is None:  # sum, mean, gate and cast in one kernel
         _merge_routes(ws, out_view[:, 0], z, call.merge == 2)
     return out, last, states
 
@@ -2321,10 +2408,11 @@ def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, ord
     fcall = _SeqCall(u, delta, A, B, C, D, delta_bias, order, merge, lanes, staged=(call.B, call.C))
     launch(_seq_fwd_kernel, fcall.grid,
         *_or_dummy(u, u, delta, A, fcall.B, fcall.C, fcall.D, None, fcall.bias, order, init, None, None, None, None,
-                   ck),
+                   ck, None),
         *fcall.strides(u, delta, A, None), *([0] * 4), *([0] * 4), *fcall.order_strides(), *fcall.sizes, d_pad,
         HAS_Z=False, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=False, RET_STATES=False,
-        **{**fcall.flags, "MERGE": 0}, AHEAD=1, PIPE=False, CK_ONLY=True, num_warps=1,
+        **{**fcall.flags, "MERGE": 0}, AHEAD=1, PIPE=False, CK_ONLY=True, TAIL_MERGE=False,
+        MERGE_BL=TAIL_MERGE_STEPS, num_warps=1,
         **_maxnreg(SEQ_ONE_STATE_FWD_MAXNREG if call.N == 1 else SEQ_FWD_MAXNREG),
     )
 
@@ -2377,9 +2465,11 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     dlast = dlast.contiguous() if dlast is not None else None
     dstates = dstates.contiguous() if dstates is not None else None
     dz_strides = dz.stride() if dz is not None else (0, 0, 0)
+    planes = call.par_routes and any(w is not None for w in (wsu, wsdl, wsz))
+    counts = _tail_merge(call, device) if planes else None
     launch(_seq_bwd_kernel, call.grid,
         *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, dy_view, dlast, dstates, ck,
-                   du, ddelta, dB, dC, dA, dD, dbias, dz, dinit, wsu, wsdl, wsz),
+                   du, ddelta, dB, dC, dA, dD, dbias, dz, dinit, wsu, wsdl, wsz, counts),
         *call.strides(u, delta, A, z), *dy_view.stride(), *call.order_strides(), *du.stride(), *ddelta.stride(),
         *dz_strides, *ws_strides, *call.sizes, d_pad,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, HAS_DLAST=dlast is not None,
@@ -2390,10 +2480,10 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
         PASS1=not ck_kernel, PIPE_BC=SEQ_BWD_PIPELINE_BC,
         VEC_CK=SEQ_VECTOR_CK and not _INTERPRETED and (call.NP, call.block_d) == (SCATTER_NP, SCATTER_LANES),
         PIPE_BC2=SEQ_BWD_PIPELINE_BC2 if N > 1 else SEQ_ONE_STATE_BWD_PIPELINE_BC2,
-        num_warps=1,
+        TAIL_MERGE=counts is not None, MERGE_BL=TAIL_MERGE_STEPS, num_warps=1,
         **_maxnreg(SEQ_BWD_MAXNREG if N > 1 else SEQ_ONE_STATE_BWD_MAXNREG),
     )
-    if call.par_routes:  # the route planes of shared inputs' gradients: summed into the gradients
+    if planes and counts is None:  # the route planes of shared inputs' gradients: summed into the gradients
         for ws, grad in ((wsu, du), (wsdl, ddelta), (wsz, None if dz is None else dz.unsqueeze(1))):
             if ws is not None:
                 _merge_routes(ws, grad[:, 0])
