@@ -2138,7 +2138,8 @@ def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: boo
 # It saves the host a launch (and the planes' second trip through DRAM) but a tail is one warp merging its tile, ~1.6x
 # the merge kernel's time: a gain where the host is the limit, a loss on large calls. H100 bf16 (kernel µs, fwd+bwd
 # µs through the op; tail steps 32 / 256): Vim-S (19.4 M elements a route) kernels 2161 -> 2260 / 2222; DPMamba intra
-# (4.4 M, host-bound) kernels 563 -> 578 / 560, fwd+bwd 1766-1991 -> 1590 / 1482 (the lent host's noise is ~10 %);
+# (4.4 M, host-bound) kernels 563 -> 578 / 560, fwd+bwd 1766-1991 -> 1590 / 1482 (the lent host's noise is ~10 %;
+# back to back, five alternating rounds: 1540 -> 1465 bf16, 1708 -> 1680 fp32);
 # VMamba-T s1 with one state (routes not run together, their planes in DRAM) kernels 4126 -> 4168 channels-last, 5289
 # -> 5340 channels-first: off there.
 SEQ_TAIL_MERGE = True
