@@ -669,6 +669,46 @@ def test_gpu_b_and_c_of_different_dtypes(monkeypatch):
 
 
 @gpu
+def test_gpu_cuda_graph_replay_matches_eager_calls():
+    """A forward and backward captured in a CUDA graph and replayed on new input values give what eager calls give
+    on them: one route a program (L >= 128), whose eager calls merge the route planes in the kernels' tail
+    (counts kept in a buffer per stream) and whose captured calls take the merge kernel instead; B and C are
+    staged inside the graph (not taken from the staging cache of the warm-up's values)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    routes = directions.bidi(250)
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    static = {n: t.requires_grad_() if t is not None and t.is_floating_point() else t
+              for n, t in make_case(batch=2, Dm=64, N=16, G=1, spatial=(250,), routes=routes, per_route_u=True,
+                                    dtype=torch.bfloat16, device="cuda", seed=seed).items()}
+    leaves = [t for t in static.values() if t is not None]
+
+    def step():
+        out = selective_scan(**static, routes=routes, merge="mean")
+        return (out, *torch.autograd.grad(out, leaves, torch.cos(out.detach().float()).to(out.dtype)))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles, stages) off the capture, as torch.cuda.graphs asks
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    fresh = make_case(batch=2, Dm=64, N=16, G=1, spatial=(250,), routes=routes, per_route_u=True,
+                      dtype=torch.bfloat16, device="cuda", seed=seed + 1)
+    with torch.no_grad():
+        for name, t in fresh.items():
+            if t is not None:
+                static[name].copy_(t)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    for i, (got, want) in enumerate(zip(captured, eager, strict=True)):  # atomics add in any order: not bitwise
+        assert rel(got.float(), want.float()) < 1e-3, f"output {i}: replay differs from the eager call"
+
+
+@gpu
 def test_gpu_tensors_on_a_device_that_is_not_the_current_one(monkeypatch):
     """Tensors on the second GPU while the first is current: the kernels run where the tensors are (forward and
     gradients against the chunked path in float64 on that device)."""

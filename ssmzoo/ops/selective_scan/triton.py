@@ -2158,11 +2158,13 @@ def _tail_merge(call: _SeqCall, device) -> Tensor | None:
     if not (call.par_routes and (SEQ_TAIL_MERGE if call.N > 1 else SEQ_ONE_STATE_TAIL_MERGE)
             and call.batch * call.Dm * call.L <= TAIL_MERGE_MAX):
         return None
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None  # a buffer made while capturing a CUDA graph would come from the graph's pool, which it reuses
     n = call.batch * call.n_tiles
     key = (device, torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0)
     counts = _route_counters.get(key)
     if counts is None or counts.numel() < n:
-        counts = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+        counts = torch.zeros(max(n, 1 << 12), dtype=torch.int32, device=device)
         _route_counters[key] = counts
     return counts
 
@@ -2302,9 +2304,9 @@ def _staged_rows(B: Tensor, C: Tensor, K: int, length: int, NP: int) -> tuple[Te
     """``_stage_rows`` of B and C expanded to K routes (K = 1: as they are), from the cache when this B and C were
     staged unchanged (same in-place versions) for the same K, length and NP. Inference tensors have no version
     counter (a buffer refilled in place under torch.inference_mode keeps its address): never cached, and they need
-    no backward."""
+    no backward. Nor is a call captured in a CUDA graph: its replays must stage the values B and C then hold."""
     expand = (lambda t: t.expand(-1, K, -1, -1, -1)) if K > 1 else (lambda t: t)
-    if B.is_inference() or C.is_inference():
+    if B.is_inference() or C.is_inference() or (B.is_cuda and torch.cuda.is_current_stream_capturing()):
         return _stage_rows(expand(B), expand(C), length, NP)
     return _memo(_staged_cache, (B, C), (B._version, C._version, K, length, NP),
                  lambda: _stage_rows(expand(B), expand(C), length, NP))
