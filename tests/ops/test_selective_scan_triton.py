@@ -668,23 +668,31 @@ def test_gpu_b_and_c_of_different_dtypes(monkeypatch):
         assert rel(got, want) < 2 * TOL[torch.bfloat16], name
 
 
+# Calls captured in a CUDA graph (torch.compile's "reduce-overhead", a training step captured whole): the paths
+# with host-side state (staged B and C, the channels-first copies saved for the backward, the tail merge's counts).
+CAPTURE_CASES = ("vim-s", "dpmamba-intra", "dpmamba-inter", "vmamba-t-s1", "vmamba-t-s1-channels-last")
+
+
 @gpu
-def test_gpu_cuda_graph_replay_matches_eager_calls():
+@pytest.mark.parametrize("name", CAPTURE_CASES)
+# the leaves' AccumulateGrad nodes date from the warm-up on its side stream; torch says so once (harmless here)
+@pytest.mark.filterwarnings("ignore:The AccumulateGrad node's stream does not match")
+def test_gpu_cuda_graph_replay_matches_eager_calls(name):
     """A forward and backward captured in a CUDA graph and replayed on new input values give what eager calls give
-    on them: one route a program (L >= 128), whose eager calls merge the route planes in the kernels' tail
-    (counts kept in a buffer per stream) and whose captured calls take the merge kernel instead; B and C are
-    staged inside the graph (not taken from the staging cache of the warm-up's values)."""
+    on them. One route a program (L >= 128) merges the route planes in the kernels' tail when eager (counts kept
+    in a buffer per stream) and with the merge kernel when captured; B and C are staged inside the graph (not
+    taken from the staging cache of the warm-up's values); channels-first grid routes copy u and delta inside it."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    routes = directions.bidi(250)
+    case, merge = GPU_CASES[name]
+    routes, layout = case["routes"], case.get("layout", "channels_first")
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    static = {n: t.requires_grad_() if t is not None and t.is_floating_point() else t
-              for n, t in make_case(batch=2, Dm=64, N=16, G=1, spatial=(250,), routes=routes, per_route_u=True,
-                                    dtype=torch.bfloat16, device="cuda", seed=seed).items()}
+    static = {n: t.requires_grad_() if t is not None else None
+              for n, t in make_case(**case, dtype=torch.bfloat16, device="cuda", seed=seed).items()}
     leaves = [t for t in static.values() if t is not None]
 
     def step():
-        out = selective_scan(**static, routes=routes, merge="mean")
+        out = selective_scan(**static, routes=routes, merge=merge, layout=layout)
         return (out, *torch.autograd.grad(out, leaves, torch.cos(out.detach().float()).to(out.dtype)))
 
     side = torch.cuda.Stream()
@@ -695,17 +703,16 @@ def test_gpu_cuda_graph_replay_matches_eager_calls():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = step()
-    fresh = make_case(batch=2, Dm=64, N=16, G=1, spatial=(250,), routes=routes, per_route_u=True,
-                      dtype=torch.bfloat16, device="cuda", seed=seed + 1)
     with torch.no_grad():
-        for name, t in fresh.items():
+        for n, t in make_case(**case, dtype=torch.bfloat16, device="cuda", seed=seed + 1).items():
             if t is not None:
-                static[name].copy_(t)
+                static[n].copy_(t)
     graph.replay()
     torch.cuda.synchronize()
     eager = step()
-    for i, (got, want) in enumerate(zip(captured, eager, strict=True)):  # atomics add in any order: not bitwise
-        assert rel(got.float(), want.float()) < 1e-3, f"output {i}: replay differs from the eager call"
+    # not bitwise: atomics add in any order, and a gradient rounded to bf16 may then differ by an ulp
+    for i, (got, want) in enumerate(zip(captured, eager, strict=True)):
+        assert rel(got.float(), want.float()) < TOL[torch.bfloat16], f"output {i}: replay differs from eager"
 
 
 @gpu
