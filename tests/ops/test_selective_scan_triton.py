@@ -20,6 +20,7 @@ import torch
 
 from ssmzoo.ops import directions, selective_scan
 from ssmzoo.ops.selective_scan import checks, reference
+from ssmzoo.ops.selective_scan.common import BACKWARD_RESIDUALS, FORWARD_RESIDUALS
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}  # forward; gradients get twice as much
@@ -397,10 +398,15 @@ def run_interpreted_case(case_id: str) -> None:
         check_against(kernels, reference_forward, reference_backward, make_case(**LARGE_CASE),
                       LARGE_CASE["routes"], "channels_first", "mean")
         return
+    forward_checkpoints = case_id.startswith("fwdck:")
+    if forward_checkpoints:
+        case_id = case_id.split(":", 1)[1]
     module = kernels
     if case_id.startswith("sequential:"):  # the sequential kernels called directly, whatever the routes
         case_id = case_id.split(":", 1)[1]
         module = _SequentialKernels(kernels)
+    if forward_checkpoints:
+        module = _ForwardCheckpoints(kernels, module)
     case, merge = next((dict(c[1]), c[2]) for c in CASES if c[0] == case_id)
     softplus = case.pop("softplus", True)
     check_against(module, reference_forward, reference_backward, make_case(**case, softplus=softplus),
@@ -420,6 +426,36 @@ class _SequentialKernels:
                                 inverse, delta_softplus, merge, channels_last, out_dtype):
         return self.k._seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initial_state, order,
                                     delta_softplus, merge, channels_last)
+
+
+class _ForwardCheckpoints:
+    """The kernels as the eager autograd Function calls them with one state: the forward writes the backward's
+    checkpoints and hands them over (FORWARD_RESIDUALS), the backward takes them (BACKWARD_RESIDUALS) and must not
+    compute them again (``_seq_checkpoints`` fails here)."""
+
+    def __init__(self, kernels, inner):
+        self.k, self.inner, self.residuals = kernels, inner, []
+
+    def selective_scan(self, *args):
+        token = FORWARD_RESIDUALS.set(self.residuals)
+        try:
+            return self.inner.selective_scan(*args)
+        finally:
+            FORWARD_RESIDUALS.reset(token)
+
+    def selective_scan_backward(self, *args):
+        assert len(self.residuals) == 1, f"the forward handed over {len(self.residuals)} tensors, not its checkpoints"
+
+        def recomputed(*_):
+            raise AssertionError("the backward recomputed the checkpoints the forward wrote")
+
+        token, real = BACKWARD_RESIDUALS.set(tuple(self.residuals)), self.k._seq_checkpoints
+        self.k._seq_checkpoints = recomputed
+        try:
+            return self.inner.selective_scan_backward(*args)
+        finally:
+            BACKWARD_RESIDUALS.reset(token)
+            self.k._seq_checkpoints = real
 
 
 def interpret(case_ids: list[str]) -> dict[str, str]:
@@ -457,7 +493,9 @@ INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "sta
                   "nockkernel:parallel:cross2d-channels-last-per-route-out",
                   "parallel:cross2d-groups-shared-u", "parallel:large", "cfdirect:cross2d-groups-shared-u",
                   "cfdirect:parallel:large", "kernelmerge:parallel:bidi-mean-z-init-states",
-                  "kernelmerge:parallel:large", "tailone:parallel:cross2d-one-state-70-channels"])
+                  "kernelmerge:parallel:large", "tailone:parallel:cross2d-one-state-70-channels",
+                  "fwdck:cross2d-one-state-70-channels", "fwdck:cross2d-one-state-whole-tiles",
+                  "fwdck:cross2d-channels-last-per-route-out", "parallel:fwdck:cross2d-one-state-70-channels"])
 
 
 @pytest.fixture(scope="module")

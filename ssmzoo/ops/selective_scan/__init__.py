@@ -26,7 +26,7 @@ from torch import Tensor
 from ssmzoo.ops.directions import Routes
 from ssmzoo.ops.selective_scan import reference
 from ssmzoo.ops.selective_scan.checks import MERGES, Canonical, canonicalize
-from ssmzoo.ops.selective_scan.common import SAVING_FOR_BACKWARD, compute_dtype
+from ssmzoo.ops.selective_scan.common import BACKWARD_RESIDUALS, FORWARD_RESIDUALS, SAVING_FOR_BACKWARD, compute_dtype
 
 __all__ = ["selective_scan", "backend_name"]
 
@@ -190,16 +190,24 @@ def _scan_backward_fake(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias,
     return [u.new_empty(0) if x is None else torch.empty_like(x) for x in inputs]
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:11])
+def _setup_context(ctx, inputs, output, residuals=()):
+    ctx.save_for_backward(*inputs[:11], *residuals)
     ctx.flags = inputs[11:]
 
 
 def _backward(ctx, dy, dlast, dstates, eager=False):
     delta_softplus, merge, channels_last, return_last_state, return_states, out_dtype = ctx.flags
-    args = (dy, dlast if return_last_state else None, dstates if return_states else None, *ctx.saved_tensors,
+    saved = ctx.saved_tensors
+    args = (dy, dlast if return_last_state else None, dstates if return_states else None, *saved[:11],
             delta_softplus, merge, channels_last, out_dtype)
-    grads = _scan_backward_impl(*args, as_op=False) if eager else torch.ops.ssmzoo.selective_scan_backward(*args)
+    if eager:
+        residuals = BACKWARD_RESIDUALS.set(saved[11:])
+        try:
+            grads = _scan_backward_impl(*args, as_op=False)
+        finally:
+            BACKWARD_RESIDUALS.reset(residuals)
+    else:
+        grads = torch.ops.ssmzoo.selective_scan_backward(*args)
     return (*[g if need else None for g, need in zip(grads, ctx.needs_input_grad[:9], strict=True)], *([None] * 8))
 
 
@@ -216,18 +224,20 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        saving = SAVING_FOR_BACKWARD.set(True)
+        residuals = []  # what the backend's forward computed for its backward (saved below)
+        saving, collecting = SAVING_FOR_BACKWARD.set(True), FORWARD_RESIDUALS.set(residuals)
         try:
             outputs = _scan_impl(*args)
         finally:
             SAVING_FOR_BACKWARD.reset(saving)
+            FORWARD_RESIDUALS.reset(collecting)
         # a backend may hand back copies of u and delta in another layout (the same values) to save instead:
         # the backward then reads them as they are (the Triton backend's channels-last copies of channels-first
         # grid-route calls)
         saved_inputs = getattr(_op_backend(args[0].device), "saved_inputs", None)
         if saved_inputs is not None:
             args = (*saved_inputs(args[0], args[1]), *args[2:])
-        _setup_context(ctx, args, outputs)
+        _setup_context(ctx, args, outputs, residuals)
         # unused outputs (last_state, states, or y) get None instead of zero-filled gradients: two to three
         # allocations and fills less per backward, host time at the host-bound speech shapes
         ctx.set_materialize_grads(False)

@@ -12,6 +12,12 @@ from torch import Tensor
 # True while the eager autograd Function runs a forward whose inputs it saves for the backward: a backend may then
 # hand it re-laid-out copies of inputs to save instead (same values; ``saved_inputs`` of the Triton backend).
 SAVING_FOR_BACKWARD: contextvars.ContextVar[bool] = contextvars.ContextVar("ssmzoo_scan_saving", default=False)
+# Tensors a backend's forward computed for its own backward (the Triton backend's one-state checkpoints): while the
+# eager autograd Function runs a forward, FORWARD_RESIDUALS holds a list the backend may append to; the Function
+# saves them with its inputs and, while its backward runs, BACKWARD_RESIDUALS holds them (a tuple). A backend checks
+# what it takes (shape, device) and recomputes whatever is missing.
+FORWARD_RESIDUALS: contextvars.ContextVar[list | None] = contextvars.ContextVar("ssmzoo_scan_fwd_res", default=None)
+BACKWARD_RESIDUALS: contextvars.ContextVar[tuple] = contextvars.ContextVar("ssmzoo_scan_bwd_res", default=())
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:

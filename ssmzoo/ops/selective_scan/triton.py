@@ -77,7 +77,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmzoo.ops.launch import launch
-from ssmzoo.ops.selective_scan.common import SAVING_FOR_BACKWARD
+from ssmzoo.ops.selective_scan.common import BACKWARD_RESIDUALS, FORWARD_RESIDUALS, SAVING_FOR_BACKWARD
 
 __all__ = ["selective_scan", "selective_scan_backward", "route_kinds", "Config", "config_for"]
 
@@ -658,7 +658,8 @@ def _fstep(h, A2, u_i, dt_i, s, L, H, W, order_row, b_row, c_row, st_row, smask,
 @triton.jit
 def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND: tl.constexpr,
              REV: tl.constexpr, NP: tl.constexpr, RET_STATES: tl.constexpr):
-    """Eight steps s0 .. s0 + 7 (base order; walked backwards when REV) from [BD, 8] tiles u, dt: h -> h, y [BD, 8]."""
+    """Eight steps s0 .. s0 + 7 (base order; walked backwards when REV) from [BD, 8] tiles u, dt: h -> h, y [BD, 8],
+    and the state after the block's first 4 steps in route order (the one entering its second half)."""
     u0, u1, u2, u3, u4, u5, u6, u7 = _split8(u)
     d0, d1, d2, d3, d4, d5, d6, d7 = _split8(dt)
     if REV:
@@ -666,6 +667,7 @@ def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, 
         h, y6 = _fstep(h, A2, u6, d6, s0 + 6, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y5 = _fstep(h, A2, u5, d5, s0 + 5, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y4 = _fstep(h, A2, u4, d4, s0 + 4, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        mid = h
         h, y3 = _fstep(h, A2, u3, d3, s0 + 3, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y2 = _fstep(h, A2, u2, d2, s0 + 2, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y1 = _fstep(h, A2, u1, d1, s0 + 1, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
@@ -675,13 +677,28 @@ def _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, smask, 
         h, y1 = _fstep(h, A2, u1, d1, s0 + 1, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y2 = _fstep(h, A2, u2, d2, s0 + 2, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y3 = _fstep(h, A2, u3, d3, s0 + 3, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
+        mid = h
         h, y4 = _fstep(h, A2, u4, d4, s0 + 4, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y5 = _fstep(h, A2, u5, d5, s0 + 5, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y6 = _fstep(h, A2, u6, d6, s0 + 6, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
         h, y7 = _fstep(h, A2, u7, d7, s0 + 7, L, H, W, order_row, b_row, c_row, st_row, smask, N, KIND, NP, RET_STATES)
-    return h, _join8(y0, y1, y2, y3, y4, y5, y6, y7)
+    return h, _join8(y0, y1, y2, y3, y4, y5, y6, y7), mid
 
 
+
+
+@triton.jit
+def _channel_offsets(d, one, HIDE: tl.constexpr):
+    """The channels d for addressing a channels-last tile. With HIDE their unit stride is hidden from the compiler
+    (`one`) beyond pairs, so that it loads and stores [channels, steps] tiles in the one-state scan's layout: lanes
+    along channels, a thread's one or two channels and its steps in registers. Knowing the rows contiguous, it
+    loaded 8 channels a thread (16 bytes) and moved every tile through shared memory behind a barrier
+    (SEQ_ONE_STATE_HIDE_D)."""
+    if HIDE:
+        if d.shape[0] == 64:
+            return (d // 2) * 2 * one + d % 2
+        return d * one
+    return d
 
 
 @triton.jit
@@ -711,9 +728,11 @@ def _seq_fwd_kernel(
     MERGE: tl.constexpr, SAME_GROUP: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr,
     PREFETCH: tl.constexpr, AHEAD: tl.constexpr, PIPE: tl.constexpr, PAR_ROUTES: tl.constexpr, FAST: tl.constexpr,
     CK_ONLY: tl.constexpr, ROUTES_FIRST: tl.constexpr, TAIL_MERGE: tl.constexpr, MERGE_BL: tl.constexpr,
+    HIDE_D: tl.constexpr, SAVE_CK: tl.constexpr,
 ):
     """The forward; with CK_ONLY the backward's first pass instead: the state entering every block of 4 steps of
-    each route into ck ((B, K, L/4, D_PAD, NP) fp32, as _seq_bwd_kernel lays it out), nothing else."""
+    each route into ck ((B, K, L/4, D_PAD, NP) fp32, as _seq_bwd_kernel lays it out), nothing else. SAVE_CK: the
+    forward writes ck as well."""
     # PAR_ROUTES: one route per program, the others walk no blocks; merged routes store their own plane of the
     # workspace, summed by the last of a tile's route programs (TAIL_MERGE) or by _merge_routes
     pid_d, b, route, n_d_programs = _program_ids(PAR_ROUTES, ROUTES_FIRST)
@@ -728,9 +747,10 @@ def _seq_fwd_kernel(
     e_mask = (en < N) & (ed < Dm)
     # prefetch: lane i asks for step i % 8 of the next block (its channel's u, delta, ...; that step's B, C row)
     lane_step = tl.arange(0, BLOCK_D) % 8
+    dch = _channel_offsets(d, one, HIDE_D)
     for k in tl.static_range(K):
-        u_row0 = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + tl.minimum(d, Dm - 1) * su_d
-        dl_row0 = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + tl.minimum(d, Dm - 1) * sdl_d
+        u_row0 = u_ptr + b * su_b + (k if U_ROUTES else 0) * su_k + tl.minimum(dch, Dm - 1) * su_d
+        dl_row0 = dl_ptr + b * sdl_b + (k if DL_ROUTES else 0) * sdl_k + tl.minimum(dch, Dm - 1) * sdl_d
         u_row = u_row0[:, None]
         dl_row = dl_row0[:, None]
         A2 = _tile(tl.load(A_ptr + (k if A_ROUTES else 0) * sA_k + ed * sA_d + en * sA_n, mask=e_mask, other=0.0),
@@ -796,11 +816,18 @@ def _seq_fwd_kernel(
                 dt = _softplus(dt, FAST)
             dt = tl.where(m2, dt, 0.0)  # padding steps: a = 1, b = 0 leave the state alone
             s0 = j * 8
-            h, y = _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, e_mask, N, KINDS[k],
-                            REVS[k], NP, RET_STATES)
+            h_in = h
+            h, y, h_mid = _fblock8(h, A2, u, dt, s0, L, H, W, order_row, b_row, c_row, st_row, e_mask, N, KINDS[k],
+                                   REVS[k], NP, RET_STATES)
+            if SAVE_CK:  # the states entering the block's two halves of 4 steps, for the backward (as CK_ONLY);
+                # addressed by dch, whose pairs of channels are the scan's (a flat index would shuffle h)
+                tl.static_assert(NP == 1, "the forward writes checkpoints with one state")
+                ck_blk = ck_ptr + ((b * K + k) * n_sub + j) * 2 * D_PAD + dch
+                tl.store(ck_blk + (1 if REVS[k] else 0) * D_PAD, tl.reshape(h_in, [BLOCK_D]), mask=d < D_PAD)
+                tl.store(ck_blk + (0 if REVS[k] else 1) * D_PAD, tl.reshape(h_mid, [BLOCK_D]), mask=d < D_PAD)
             if HAS_D:
                 y += Dk[:, None] * u
-            ws = ws_ptr + b * sws_b + k * sws_k + d[:, None] * sws_d + pos[None, :] * sws_l
+            ws = ws_ptr + b * sws_b + k * sws_k + dch[:, None] * sws_d + pos[None, :] * sws_l
             if PAR_ROUTES and MERGE != 0 and K > 1:  # this route's plane (sws_k); the host sums the routes
                 tl.store(ws, y.to(ws_ptr.dtype.element_ty), mask=m2)
             elif MERGE == 0 or k == K - 1:
@@ -809,10 +836,10 @@ def _seq_fwd_kernel(
                 if MERGE == 2:
                     y = y / K
                 if HAS_Z:
-                    zt = tl.load(z_ptr + b * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
+                    zt = tl.load(z_ptr + b * sz_b + dch[:, None] * sz_d + pos[None, :] * sz_l, mask=m2,
                                  other=0.0).to(tl.float32)
                     y = y * zt * _sigmoid(zt, FAST)
-                o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + d[:, None] * so_d + pos[None, :] * so_l
+                o = out_ptr + b * so_b + (k if MERGE == 0 else 0) * so_k + dch[:, None] * so_d + pos[None, :] * so_l
                 tl.store(o, y.to(out_ptr.dtype.element_ty), mask=m2)
             else:
                 if k > 0:
@@ -2024,6 +2051,16 @@ SEQ_ONE_STATE_FWD_PIPELINE = False
 # the forward's 64 the first pass took 1515 µs instead of 673 and the call 5428). H100.
 SEQ_ONE_STATE_CK_KERNEL = True
 SEQ_ONE_STATE_CK_LANES = 32  # its channels a warp (None: the forward's)
+# One state, a forward whose inputs are saved for a backward (the eager autograd Function): the forward kernel
+# writes the checkpoints as it goes (two 8-byte stores a thread and block of 8 steps, loop 579 -> 594 instructions)
+# and they are saved with the inputs (FORWARD_RESIDUALS), so the backward runs no checkpoint kernel. VMamba-T s1
+# fwd+bwd µs, H100, twice each: channels-last bf16 4000 -> 3491, fp32 6450 -> 5555; channels-first 5163 -> 4652,
+# 8597 -> 7717 (forward kernel with the stores 938 µs bf16, against 1450 for forward and checkpoint kernels). The
+# first try stored them by a flat index, which the compiler reached by shuffling h (a spill): 1450 -> 1538, a loss.
+# Costs memory between the passes: 4 bytes a (route, channel, 4 steps), twice u's bf16 bytes with VMamba's 4
+# routes: held after the forward 159 -> 453 MiB at VMamba-T s1 batch 128 bf16 (the backward's peak is the same:
+# it allocated them itself). Through torch.compile (the op's backward) they are recomputed as before.
+SEQ_ONE_STATE_FWD_CK = True
 # N > 1: the same split loses. The block-entry states are NP / 2 times u's bytes (fp32, a state row per 4 steps):
 # written by their own kernel they go to DRAM, where the backward's own first pass rereads most from L2 (its
 # program's rows, just written). H100 bf16 kernel µs, backward alone -> checkpoint kernel + backward: Vim-S 2420 ->
@@ -2055,6 +2092,15 @@ SEQ_ONE_STATE_BWD_MAXNREG = 144
 # H100, bf16.
 SEQ_BWD_BLOCK = 4
 SEQ_ONE_STATE_BWD_BLOCK = 4
+# One state, the forward and the checkpoint kernel: tiles loaded and stored in the scan's layout (_channel_offsets)
+# instead of 16-byte loads moved through shared memory: forward loop 637 -> 579 SASS instructions (3 barriers a
+# block -> 0), 168 -> 128 registers; VMamba-T s1 channels-last kernels bf16 fwd + checkpoints 1590 -> 1449 µs,
+# fp32 2690 -> 2614; fwd+bwd 4141 -> 4000, fp32 6530 -> 6443, channels-first 5303 -> 5205 (H100, twice each).
+# The backward the same way (one channel a thread, 2-byte accesses) loses though its loop drops 491 -> 437
+# instructions (7 barriers -> 0, spill 16 -> 8 bytes): 1973 -> 2011 µs bf16, 2782 -> 2836 fp32; at 120 / 128 / 160
+# registers 2024 / 2055 / 2013; loads or stores alone spill more (501 / 589 instructions). Forward capped at 96
+# registers: 1573 µs; the checkpoints at the forward's 64 channels a warp: 2332.
+SEQ_ONE_STATE_HIDE_D = True
 
 
 def _maxnreg(cap: int | None) -> dict:
@@ -2385,19 +2431,40 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     states = _new((batch, K, Dm, L, N), torch.float32, device) if return_states else None
     init = initial_state.contiguous() if initial_state is not None else None
     counts = _tail_merge(call, device) if planes else None
+    ck = _forward_checkpoints(call)
     launch(_seq_fwd_kernel, call.grid,
-        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, None,
+        *_or_dummy(u, u, delta, A, call.B, call.C, call.D, z, call.bias, order, init, out, ws, last, states, ck,
                    counts),
-        *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes, 0,
+        *call.strides(u, delta, A, z), *out_view.stride(), *ws_strides, *call.order_strides(), *call.sizes,
+        ck.shape[3] if ck is not None else 0,
         HAS_Z=z is not None, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=return_last_state,
         RET_STATES=return_states, **call.flags, AHEAD=SEQ_FWD_AHEAD,
         PIPE=SEQ_FWD_PIPELINE if N > 1 else SEQ_ONE_STATE_FWD_PIPELINE, CK_ONLY=False,
-        TAIL_MERGE=counts is not None, MERGE_BL=TAIL_MERGE_STEPS, num_warps=1,
-        **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
+        TAIL_MERGE=counts is not None, MERGE_BL=TAIL_MERGE_STEPS, HIDE_D=N == 1 and SEQ_ONE_STATE_HIDE_D,
+        SAVE_CK=ck is not None, num_warps=1, **_maxnreg(SEQ_FWD_MAXNREG if N > 1 else SEQ_ONE_STATE_FWD_MAXNREG),
     )
     if planes and counts is None:  # sum, mean, gate and cast in one kernel
         _merge_routes(ws, out_view[:, 0], z, call.merge == 2)
     return out, last, states
+
+
+def _checkpoint_shape(call: _SeqCall) -> tuple[int, ...]:
+    """The backward's block-entry states of a call (ck: (B, K, blocks of 4 steps, channels padded to the
+    backward's tiles, NP) fp32)."""
+    lanes = _seq_lanes(call.N, "bwd", call.batch, call.Dm)
+    return (call.batch, call.K, call.n_sub * 2, _cdiv(call.Dm, lanes) * lanes, call.NP)
+
+
+def _forward_checkpoints(call: _SeqCall) -> Tensor | None:
+    """The one-state backward's checkpoints, to be written by the forward kernel and saved for the backward
+    (FORWARD_RESIDUALS, SEQ_ONE_STATE_FWD_CK), or None."""
+    residuals = FORWARD_RESIDUALS.get()
+    if (residuals is None or call.N > 1 or not SEQ_ONE_STATE_FWD_CK or SEQ_ONE_STATE_BWD_BLOCK != 4
+            or not SEQ_ONE_STATE_CK_KERNEL):
+        return None
+    ck = _new(_checkpoint_shape(call), torch.float32, call.B.device)
+    residuals.append(ck)
+    return ck
 
 
 def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad):
@@ -2416,7 +2483,7 @@ def _seq_checkpoints(call: _SeqCall, u, delta, A, B, C, D, delta_bias, init, ord
         *fcall.strides(u, delta, A, None), *([0] * 4), *([0] * 4), *fcall.order_strides(), *fcall.sizes, d_pad,
         HAS_Z=False, SOFTPLUS=bool(delta_softplus), HAS_INIT=init is not None, RET_LAST=False, RET_STATES=False,
         **{**fcall.flags, "MERGE": 0}, AHEAD=1, PIPE=False, CK_ONLY=True, TAIL_MERGE=False,
-        MERGE_BL=TAIL_MERGE_STEPS, num_warps=1,
+        MERGE_BL=TAIL_MERGE_STEPS, HIDE_D=call.N == 1 and SEQ_ONE_STATE_HIDE_D, SAVE_CK=False, num_warps=1,
         **_maxnreg(SEQ_ONE_STATE_FWD_MAXNREG if call.N == 1 else SEQ_FWD_MAXNREG),
     )
 
@@ -2432,11 +2499,16 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     d_pad = call.n_tiles * call.block_d
     # the state entering every block of 4 or 8 steps, written by the kernel's first pass and read by its second
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
-    ck = _new((batch, K, call.n_sub * 8 // block, d_pad, call.NP), torch.float32, device)
     init = initial_state.contiguous() if initial_state is not None else None
     ck_kernel = block == 4 and (SEQ_ONE_STATE_CK_KERNEL if N == 1 else SEQ_CK_KERNEL)
-    if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
-        _seq_checkpoints(call, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad)
+    ck_shape = (batch, K, call.n_sub * 8 // block, d_pad, call.NP)
+    ck = next((r for r in BACKWARD_RESIDUALS.get() if tuple(r.shape) == ck_shape and r.device == device), None)
+    if ck is not None:  # the forward wrote them (SEQ_ONE_STATE_FWD_CK): no first pass
+        ck_kernel = True
+    else:
+        ck = _new(ck_shape, torch.float32, device)
+        if ck_kernel:  # the first pass as its own kernel, with the forward's lanes and registers
+            _seq_checkpoints(call, u, delta, A, B, C, D, delta_bias, init, order, delta_softplus, merge, ck, d_pad)
     dy_view = _canonical_dy(dy, call.merge, channels_last)
     du = into["du"] if "du" in into else _like(u)
     ddelta = into["ddelta"] if "ddelta" in into else _like(delta)
