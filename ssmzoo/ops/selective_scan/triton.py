@@ -1958,7 +1958,10 @@ SEQ_FWD_LANES = 8
 SEQ_BWD_LANES = 8
 # One state: 32 channels a warp in the backward. Narrower programs add warps but not shorter walks: VMamba-T s1
 # channels-last bf16 fwd / bwd 3.9 / 11.8 ms at 32, 3.8 / 22.5 at 16, 6.5 / 30.8 at 8 (more dB/dC atomics per
-# channel), H100. 64 (two channels a thread) with the pipelined backward: 4233 vs 3660 µs (kernel).
+# channel), H100. 64 (two channels a thread) with the pipelined backward: 4233 vs 3660 µs (kernel). Again with its
+# tiles in the scan's layout (_channel_offsets; 4-byte pairs, the other half of the 128-byte lines a warp reads): loop
+# 771 instructions for 8 (channel, step)s against 491 for 4, but bf16 1975 -> 2435 / 2052 / 2144 µs at 168 / 184 /
+# 200 registers; fp32 2782 -> 2618 / 2760 / 2707 (later session).
 SEQ_ONE_STATE_LANES = 32
 # The forward: 64 channels a warp, two a thread: a bf16 row of a step is one whole 128-byte line (32 channels read
 # half a line; ncu: 2.23 GB read from DRAM where the inputs are 1.23 GB) and two independent chains a thread.
