@@ -55,14 +55,15 @@ unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; ou
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
 Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
-VMamba-T s1 6.1x the floor channels-first (copies + sequential kernels), 4.7x channels-last; Vim-S 4.8x,
-DPMamba-M intra and inter 15-18x (host-bound: their kernels alone 5.5x and 5.0x; B and C are staged by one kernel
+VMamba-T s1 5.3x the floor channels-first (copies + sequential kernels), 4.0x channels-last; Vim-S 4.8x,
+DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 5.5x and 5.0x; B and C are staged by one kernel
 and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
 stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
 block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) waits
 most on its rows of B and C, which each warp reads through L2 (they cost too many registers to load a block
-early); its first pass (recomputing the block-entry states) is 13 % of it. With one state that pass runs as its
-own kernel (``_seq_checkpoints``). The knobs below record what was measured for each choice.
+early); its first pass (recomputing the block-entry states) is 13 % of it. With one state the forward writes those
+states when autograd saves its inputs (``SEQ_ONE_STATE_FWD_CK``), else that pass runs as its own kernel
+(``_seq_checkpoints``). The knobs below record what was measured for each choice.
 """
 
 from __future__ import annotations
