@@ -639,6 +639,23 @@ def test_gpu_matches_chunked_float64(name, dtype):
                   case.get("layout", "channels_first"), merge, ret=name == "dpmamba-inter", tol=TOL[dtype])
 
 
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["vmamba-t-s1", "vmamba-t-s1-channels-last"])
+def test_gpu_forward_checkpoints_match_chunked_float64(name, dtype):
+    """One state as the eager autograd Function runs it: the forward kernel writes the backward's checkpoints
+    (SEQ_ONE_STATE_FWD_CK), which the backward uses instead of its checkpoint kernel."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from ssmzoo.ops.selective_scan import triton as kernels
+
+    case, merge = GPU_CASES[name]
+    tensors = make_case(**dict(case), dtype=dtype, device="cuda", seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    chunked = _chunked()
+    check_against(_ForwardCheckpoints(kernels, kernels), chunked.selective_scan, chunked.selective_scan_backward,
+                  tensors, case["routes"], case.get("layout", "channels_first"), merge, tol=TOL[dtype])
+
+
 # The dispatch alternatives the knobs at the top of triton.py select (kept correct for the A/B runs that decide
 # them): (knob, value, GPU case).
 GPU_KNOB_CASES = {
