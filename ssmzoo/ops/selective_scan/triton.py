@@ -2452,11 +2452,11 @@ def _seq_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, order, delt
     return out, last, states
 
 
-def _checkpoint_shape(call: _SeqCall) -> tuple[int, ...]:
-    """The backward's block-entry states of a call (ck: (B, K, blocks of 4 steps, channels padded to the
+def _checkpoint_shape(call: _SeqCall, block: int = 4) -> tuple[int, ...]:
+    """The backward's block-entry states of a call (ck: (B, K, blocks of ``block`` steps, channels padded to the
     backward's tiles, NP) fp32)."""
     lanes = _seq_lanes(call.N, "bwd", call.batch, call.Dm)
-    return (call.batch, call.K, call.n_sub * 2, _cdiv(call.Dm, lanes) * lanes, call.NP)
+    return (call.batch, call.K, call.n_sub * 8 // block, _cdiv(call.Dm, lanes) * lanes, call.NP)
 
 
 def _forward_checkpoints(call: _SeqCall) -> Tensor | None:
@@ -2505,7 +2505,7 @@ def _seq_backward(dy, dlast, dstates, u, delta, A, B, C, D, z, delta_bias, initi
     block = SEQ_BWD_BLOCK if N > 1 else SEQ_ONE_STATE_BWD_BLOCK
     init = initial_state.contiguous() if initial_state is not None else None
     ck_kernel = block == 4 and (SEQ_ONE_STATE_CK_KERNEL if N == 1 else SEQ_CK_KERNEL)
-    ck_shape = (batch, K, call.n_sub * 8 // block, d_pad, call.NP)
+    ck_shape = _checkpoint_shape(call, block)
     ck = next((r for r in BACKWARD_RESIDUALS.get() if tuple(r.shape) == ck_shape and r.device == device), None)
     if ck is not None:  # the forward wrote them (SEQ_ONE_STATE_FWD_CK): no first pass
         ck_kernel = True
