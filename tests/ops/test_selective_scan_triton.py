@@ -360,6 +360,48 @@ def check_saved_copies(kernels) -> None:
             os.environ["SSMZOO_BACKEND"] = saved_backend
 
 
+def check_public_op_checkpoints(kernels) -> None:
+    """One state through the public op with autograd (the eager Function): the forward writes the backward's
+    checkpoints and the Function saves them, so the backward launches no checkpoint kernel (one with
+    SEQ_ONE_STATE_FWD_CK off); outputs and every gradient against the chunked path in float64, both layouts."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    real_ck, real_knob = kernels._seq_checkpoints, kernels.SEQ_ONE_STATE_FWD_CK
+    ck_runs = []
+
+    def counted(*args):
+        ck_runs.append(1)
+        return real_ck(*args)
+
+    def run(backend, layout, dtype=None):
+        os.environ["SSMZOO_BACKEND"] = backend
+        tensors = make_case(batch=2, Dm=5, N=1, G=1, spatial=(5, 3), routes=directions.cross2d(5, 3), layout=layout,
+                            init=True, seed=seed)
+        leaves = {n: (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_()
+                  if t is not None else None for n, t in tensors.items()}
+        out = selective_scan(**leaves, routes=directions.cross2d(5, 3), merge="sum", layout=layout)
+        del ck_runs[:]
+        out.backward(torch.cos(out.detach()))
+        return (out, *(leaves[n].grad for n in NAMES if leaves.get(n) is not None)), len(ck_runs)
+
+    saved_backend = os.environ.get("SSMZOO_BACKEND")
+    kernels._seq_checkpoints = counted
+    try:
+        for layout in ("channels_first", "channels_last"):
+            want, _ = run("chunked", layout, torch.float64)
+            for on, runs in ((True, 0), (False, 1)):
+                kernels.SEQ_ONE_STATE_FWD_CK = on
+                got, ck_kernels = run("triton", layout)
+                assert ck_kernels == runs, f"{layout}, forward checkpoints {on}: {ck_kernels} checkpoint kernels"
+                for i, (a, w) in enumerate(zip(got, want, strict=True)):
+                    assert torch.isfinite(a).all() and rel(a, w) < 2e-4, f"{layout} {on} #{i}: {rel(a, w):.3g}"
+    finally:
+        kernels._seq_checkpoints, kernels.SEQ_ONE_STATE_FWD_CK = real_ck, real_knob
+        if saved_backend is None:
+            os.environ.pop("SSMZOO_BACKEND", None)
+        else:
+            os.environ["SSMZOO_BACKEND"] = saved_backend
+
+
 def run_interpreted_case(case_id: str) -> None:
     """Check one case with the kernels of this process (interpreted when TRITON_INTERPRET=1); raise on mismatch."""
     from ssmzoo.ops.selective_scan import triton as kernels
@@ -389,6 +431,9 @@ def run_interpreted_case(case_id: str) -> None:
         return
     if case_id == "saved-copies":
         check_saved_copies(kernels)
+        return
+    if case_id == "public-op-checkpoints":
+        check_public_op_checkpoints(kernels)
         return
     if case_id == "bf16":  # bf16 inputs, fp32 state, vs the float64 reference of the same rounded inputs
         check_against(kernels, reference_forward, reference_backward, make_case(**BF16_CASE),
@@ -470,7 +515,7 @@ def interpret(case_ids: list[str]) -> dict[str, str]:
 
 
 INTERPRETED = ([c[0] for c in CASES] + ["bf16", "relayout", "merge-routes", "staged-once", "staged-in-place",
-                                         "saved-copies"]
+                                         "saved-copies", "public-op-checkpoints"]
                + [f"sequential:{c}" for c in SEQ_GRID_CASE]
                + ["bwd16:bidi-whole-channel-tiles", "bwd16:bidi-mean-z-init-states", "bwd16:bidi-groups-of-whole-tiles",
                   "parallel:bidi-mean-z-init-states", "routeslast:parallel:bidi-mean-z-init-states",
