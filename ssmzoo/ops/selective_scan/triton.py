@@ -2191,8 +2191,10 @@ def _merge_routes(parts: Tensor, out: Tensor, z: Tensor | None = None, mean: boo
 # (4.4 M, host-bound) kernels 563 -> 578 / 560, fwd+bwd 1766-1991 -> 1590 / 1482 (the lent host's noise is ~10 %;
 # back to back, five alternating rounds: 1540 -> 1465 bf16, 1708 -> 1680 fp32);
 # VMamba-T s1 with one state (routes not run together, their planes in DRAM) kernels 4126 -> 4168 channels-last, 5289
-# -> 5340 channels-first: off there. Around the threshold, Vim-S kernels merge kernel -> tail: batch 16 (2.4 M) 333
-# -> 330, batch 32 (4.8 M) 604 -> 615, batch 64 (9.7 M) 1134 -> 1161 (all three host-bound through the op).
+# -> 5340 channels-first: off there (again after the one-state forward writes its checkpoints, with TAIL_MERGE_MAX
+# lifted: kernels bf16 3475 -> 8630, fwd 935 -> 5656, bwd 1975 -> 2930; fp32 5553 -> 11460). Around the
+# threshold, Vim-S kernels merge kernel -> tail: batch 16 (2.4 M) 333 -> 330, batch 32 (4.8 M) 604 -> 615, batch 64
+# (9.7 M) 1134 -> 1161 (all three host-bound through the op).
 SEQ_TAIL_MERGE = True
 SEQ_ONE_STATE_TAIL_MERGE = False
 TAIL_MERGE_MAX = 1 << 23
