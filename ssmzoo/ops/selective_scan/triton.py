@@ -2119,6 +2119,18 @@ SEQ_GRID_CHANNELS_LAST = True
 SEQ_GRID_CHANNELS_FIRST = False
 # Channels-first grid routes: the sequential kernels on channels-last copies (see via_channels_last): VMamba-T s1
 # bf16 fwd+bwd 13351 -> 9292 µs vs the tile kernels (fp32 16249 -> 11703), H100
+# Measured and dropped (issue #4 note, 2026-11-24): one state, every route of one (batch, channel) in one program
+# with the whole 56 x 56 grid in registers, routes merged on chip (no copies, no route planes, no checkpoints; each
+# route a tl.associative_scan along rows or columns of the padded [64, 64] tile, then over the lines' totals; the
+# backward recomputing states and adjoint the same way). Correct, interpreted and on the GPU, but kernels bf16 fwd
+# 2915 / bwd 9109 µs against this path's 1650 / ~2840 (fwd+bwd 11963 vs 4649; fp32 13568 vs 7728; 2 or 4 channels
+# a program, 8 or 32 cells a thread: slower). Triton gives the tile its loads' layout (8 cells of a row a thread, 8
+# lanes along a row, rows across warps), so most of every scan crosses lanes and warps (SASS a thread: 5288
+# instructions, SHFL 1002, LDS 538, 255 registers), and it lowers a reversed scan with lane shuffles even along
+# registers. Two Gluon forwards with explicit layouts (reversed routes loaded reversed) were no faster: a line's
+# 16-32 cells a thread, 2.2-3.2 ms (255 registers: one 8-warp program an SM); a thread walking its line block by
+# block, two passes, y summed in shared memory, 2.7-4.4 ms (64 registers; latency-bound, 0.23 T warp
+# instructions/s).
 SEQ_GRID_VIA_CHANNELS_LAST = True
 RELAYOUT_TILE = 64  # a (128, 4, 192, 3136) bf16 copy: 2.63 TB/s (128: 2.60, 32: 2.14), H100
 
