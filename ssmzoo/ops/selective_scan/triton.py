@@ -2073,6 +2073,11 @@ SEQ_ONE_STATE_FWD_CK = True
 # 415 -> 176 + 307, inter 385 -> 136 + 296: the first pass is ~360 µs of the Vim-S backward.
 SEQ_CK_KERNEL = False
 SEQ_CK_LANES = 32
+# N > 1 forward: 128 registers, 16 warps per SM. DPMamba intra's 4352 programs take 2.06 waves at that; a 120 cap
+# (17 warps per SM, one 4-byte spill in the loop) fits them in 2 but the kernel got no faster: bf16 kernel µs, None /
+# 120 / 112: intra 122 / 127 / 131, inter 121 / 120 / 124, Vim-S 404 / 408 / 414 (fp32 intra 143 / 143 / 151, Vim-S
+# 462 / 466 / 469). The last, thin wave runs faster than a full one (ncu, intra: SM cycles active 209 K of 237 K).
+# H100, 2026-11-24.
 SEQ_FWD_MAXNREG = None  # register caps (None: the compiler's choice, up to 255)
 # N > 1 backward: 168 registers, 12 warps per SM, 72 B of spill stack with blocks of 4 (DPMamba intra bwd 1512 ->
 # 1204 µs; 224: 1518; no cap: Vim-S 3797 -> 4999). H100 bf16, issue #4 note. Re-checked with the kernels of a later
