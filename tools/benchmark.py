@@ -9,7 +9,10 @@ median, L2 flushed between runs), the achieved bandwidth counted on the minimal 
 (shared/reference/kernels.md section 4: max of memory, FP32 and MUFU time at the H100's measured ceilings) and
 the time over that floor, next to the chunked PyTorch path and, when importable, mamba_ssm's CUDA kernel
 (``mamba_cuda_scan``: one call per route, as VMamba and Vim glue it), and the memory a forward and backward
-allocate beyond their inputs (``f+b MiB``: peak, with the output and the gradients).
+allocate beyond their inputs (``f+b MiB``: peak, with the output and the gradients). ``graph f+b µs``: the Triton
+path's forward and backward captured in one CUDA graph and replayed, i.e. the GPU's own time with no host work in
+between (what a training step captured whole, or torch.compile's "reduce-overhead", gets); where the eager column
+is higher, the call is host-bound.
 Activations and the output are in the benchmarked dtype (``out_dtype``), as a model would call the op.
 """
 from __future__ import annotations
@@ -120,6 +123,29 @@ def _fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> dict[str, float]:
     return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
 
 
+def graph_fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> float:
+    """Median µs of a replay of ``forward()`` and its backward captured in one CUDA graph (do_bench, L2 flushed)."""
+    import warnings
+
+    from triton.testing import do_bench
+
+    grad = torch.randn_like(forward())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # a warm-up off the capture, as torch.cuda.graph asks
+        torch.autograd.grad(forward(), leaves, grad)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with warnings.catch_warnings():
+        # the leaves' autograd nodes date from calls on the default stream; torch notes it once (harmless here)
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+        with torch.cuda.graph(graph):
+            torch.autograd.grad(forward(), leaves, grad)
+    us = 1e3 * do_bench(graph.replay, return_mode="median")
+    del graph  # its memory pool goes back before the next shape
+    return us
+
+
 def peak_mib(forward, leaves: list[torch.Tensor]) -> float:
     """MiB a forward and backward allocate beyond what is allocated before it (its inputs): the peak of the
     activations saved for the backward, the kernels' workspaces and copies, the output and the gradients."""
@@ -152,7 +178,8 @@ def time_backend(backend: str, kw: dict) -> dict[str, float]:
         # the rows it staged from unchanged B and C objects, which the same tensors every call would reuse
         return selective_scan(**{**kw, "B": kw["B"].view_as(kw["B"]), "C": kw["C"].view_as(kw["C"])})
 
-    return dict(_fwd_bwd_us(forward, leaves), first_s=first, peak_mib=peak_mib(forward, leaves))
+    graph = graph_fwd_bwd_us(forward, leaves) if backend == "triton" else float("nan")
+    return dict(_fwd_bwd_us(forward, leaves), first_s=first, peak_mib=peak_mib(forward, leaves), graph=graph)
 
 
 class _MambaCudaRoute(torch.autograd.Function):
@@ -238,7 +265,8 @@ def bench_ops(args: argparse.Namespace) -> int:
         mamba, note = None, "mamba_ssm selective_scan_cuda: channels-first only; not timed"
     print(note)
     header = (f"{'shape':18} {'dtype':5} {'fwd µs':>8} {'bwd µs':>8} {'f+b µs':>8} {'GB/s':>6} {'floor µs':>9} "
-              f"{'x floor f/b/f+b':>17} {'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10} {'f+b MiB':>8}"
+              f"{'x floor f/b/f+b':>17} {'graph f+b µs':>12} {'x floor':>7} "
+              f"{'chunked f+b µs':>15} {'vs chunked':>10} {'1st call s':>10} {'f+b MiB':>8}"
               + (f" {'mamba f/b/f+b µs':>20} {'vs mamba':>8}" if mamba is not None else ""))
     print(header)
     for dtype_name in args.dtype:
@@ -259,7 +287,9 @@ def bench_ops(args: argparse.Namespace) -> int:
                 peer_txt = (f" {peer['fwd']:6.0f}/{peer['bwd']:6.0f}/{peer['total']:6.0f}"
                             f" {peer['total'] / tri['total']:7.1f}x")
             print(f"{name:18} {dtype_name:5} {tri['fwd']:8.0f} {tri['bwd']:8.0f} {tri['total']:8.0f} {gbps:6.0f} "
-                  f"{f_floor + b_floor:9.0f} {ratio:>17} {chunk_txt} {tri['first_s']:10.1f} {tri['peak_mib']:8.0f}"
+                  f"{f_floor + b_floor:9.0f} {ratio:>17} {tri['graph']:12.0f} "
+                  f"{tri['graph'] / (f_floor + b_floor):7.1f} "
+                  f"{chunk_txt} {tri['first_s']:10.1f} {tri['peak_mib']:8.0f}"
                   f"{peer_txt}")
             del kw
             torch.cuda.empty_cache()
