@@ -54,10 +54,12 @@ All arithmetic is fp32 (exp and log via exp2/log2; in compiled kernels softplus 
 unit's log2 and reciprocal, ``FAST_MATH``); inputs may be fp32, fp16 or bf16; outputs are written in the requested
 dtype. float64 calls (tests, gradcheck) go to the chunked path.
 
-Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table):
+Speed (H100, issue #4 shapes, ``tools/benchmark.py ops``, bf16 fwd+bwd, 2026-11-24; README for the table,
+PERFORMANCE.md beside this file for the measurements behind it):
 VMamba-T s1 5.3x the floor channels-first (copies + sequential kernels), 4.0x channels-last; Vim-S 4.8x,
-DPMamba-M intra and inter 13-17x (host-bound: their kernels alone 5.5x and 5.0x; B and C are staged by one kernel
-and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host time). ncu's largest
+DPMamba-M intra and inter 16-17x eager (host-bound: replayed from a CUDA graph 5.6x and 5.0x; B and C are staged
+by one kernel and reused by the backward, and every launch goes through ``ssmzoo.ops.launch`` to spare host
+time). ncu's largest
 stall on every sequential kernel was waiting for global loads: a block's tiles are loaded into registers one
 block early (software pipelining, ``SEQ_*_PIPELINE``). The Vim-S backward (168 registers, 12 warps per SM) waits
 most on its rows of B and C, which each warp reads through L2 (they cost too many registers to load a block
