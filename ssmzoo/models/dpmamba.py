@@ -19,7 +19,9 @@ chunks of K frames at 50 % overlap (:func:`chunk`, the official padding), R dual
 inter-chunk ``MambaBlocksSequential`` of bidirectional Mamba, each followed by GroupNorm; ``out = inter + intra``,
 optionally with a skip around intra), PReLU + 1x1 Conv2d to S masks, overlap-add (:func:`overlap_add`),
 ``tanh(conv) * sigmoid(conv)``, a 1x1 conv and ReLU. Mamba-TasNet's mask net runs one ``MambaBlocksSequential``
-over all L frames (no chunking) between a channel-wise LayerNorm + bottleneck and a 1x1 mask conv.
+over all L frames (no chunking) between a channel-wise LayerNorm + bottleneck and a 1x1 mask conv. Its GroupNorms
+are :class:`~ssmzoo.layers.norm.LargeGroupNorm` (``nn.GroupNorm``'s math and keys; on CUDA their statistics come
+from a reduction over the whole GPU instead of PyTorch's one block per item).
 
 The Mamba blocks are the shared :class:`~ssmzoo.layers.mamba_mixer.MambaMixer` (``bimamba_type="v2"``,
 directions averaged, one :func:`ssmzoo.ops.selective_scan` call with both routes) inside the shared residual-stream
@@ -55,6 +57,7 @@ from timm.layers import RmsNorm
 from timm.models import resolve_pretrained_cfg
 
 from ssmzoo.layers.mamba_mixer import MambaBlock, MambaMixer, init_mamba_residual_stream_
+from ssmzoo.layers.norm import LargeGroupNorm
 from ssmzoo.ops.selective_scan.checks import is_tracing
 
 from ._builder import build_model
@@ -182,8 +185,8 @@ class DualComputationBlock(nn.Module):
         self.intra_mdl, self.inter_mdl = intra_mdl, inter_mdl
         self.skip_around_intra = skip_around_intra
         # SpeechBrain's "ln" is GroupNorm(1, N) with eps 1e-8: statistics over N, K and S of each item.
-        self.intra_norm = nn.GroupNorm(1, channels, eps=1e-8)
-        self.inter_norm = nn.GroupNorm(1, channels, eps=1e-8)
+        self.intra_norm = LargeGroupNorm(1, channels, eps=1e-8)
+        self.inter_norm = LargeGroupNorm(1, channels, eps=1e-8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, K, S = x.shape
@@ -216,7 +219,7 @@ class DualPathMaskNet(nn.Module):
                  skip_around_intra: bool = False, **mamba_kwargs: Any) -> None:
         super().__init__()
         self.K, self.num_spks, self.grad_checkpointing = K, num_spks, False
-        self.norm = nn.GroupNorm(1, in_channels, eps=1e-8)
+        self.norm = LargeGroupNorm(1, in_channels, eps=1e-8)
         self.conv1d = nn.Conv1d(in_channels, out_channels, 1, bias=False)
         block = DualComputationBlock(MambaBlocksSequential(d_model=out_channels, **mamba_kwargs),
                                      MambaBlocksSequential(d_model=out_channels, **mamba_kwargs), out_channels,
