@@ -2,6 +2,7 @@
 """Benchmarks, one subcommand each.
 
     python tools/benchmark.py ops [--dtype bf16 fp32] [--shapes vmamba-t-s1 vim-s ...] [--layout channels_first]
+    python tools/benchmark.py model dpmamba_m vim_small ... [--batch 1 4] [--amp bf16] [--input-size 32000]
 
 ``ops``: the selective scan with routes (``ssmzoo.ops.selective_scan``) on a CUDA device at the reference shapes
 of issue #4. For each shape it prints forward, backward and forward+backward time (``triton.testing.do_bench``
@@ -14,6 +15,13 @@ path's forward and backward captured in one CUDA graph and replayed, i.e. the GP
 between (what a training step captured whole, or torch.compile's "reduce-overhead", gets); where the eager column
 is higher, the call is host-bound.
 Activations and the output are in the benchmarked dtype (``out_dtype``), as a model would call the op.
+
+``model``: a training step of registered models on a CUDA device (forward under autocast, a mean-square loss on the
+output, the parameters' gradients; the input is random, of the model's ``pretrained_cfg['input_size']`` unless
+``--input-size`` says otherwise). For each model and batch size it prints the step's time eager (do_bench median,
+L2 flushed), the GPU time of its kernels (torch.profiler, the sum over all CUDA kernels of a step), the step
+captured in one CUDA graph and replayed (the GPU's own time: an eager step above it is host-bound), and the peak
+memory a step allocates beyond the model and its input.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+import ssmzoo
 from ssmzoo.ops import directions, selective_scan
 
 # Measured ceilings of an H100 80GB HBM3 (shared/reference/kernels.md, section 0).
@@ -296,6 +305,97 @@ def bench_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_input(model: torch.nn.Module, batch: int, input_size: tuple[int, ...] | None = None,
+                device="cuda") -> torch.Tensor:
+    """A random batch of the model's input size (``pretrained_cfg['input_size']``: (C, H, W) images, (T,) audio)."""
+    size = tuple(input_size or model.pretrained_cfg["input_size"])
+    return torch.randn(batch, *size, device=device)
+
+
+def training_step(model: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None):
+    """A function running one forward (autocast to ``amp``, or none) and backward: a mean-square loss on the
+    output, returning the parameters' gradients (``autograd.grad``: nothing accumulates between calls)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(x)
+        loss = out.float().square().mean()
+        return torch.autograd.grad(loss, params)
+
+    return step
+
+
+def kernel_ms(step) -> float:
+    """GPU time of one call's CUDA kernels (torch.profiler; mean of 3 calls)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    kernels = [e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(kernels) / 3 / 1e3
+
+
+def graph_ms(step) -> float | str:
+    """Median ms of a replay of ``step`` captured in one CUDA graph, or why it could not be captured."""
+    import warnings
+
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # a warm-up off the capture, as torch.cuda.graph asks
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+            with torch.cuda.graph(graph):
+                step()
+    except RuntimeError as err:  # a model with a host sync or dynamic shapes cannot be captured: say so
+        return f"not capturable: {str(err).splitlines()[0][:80]}"
+    ms = do_bench(graph.replay, return_mode="median")
+    del graph
+    return ms
+
+
+def bench_model(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("model: needs a CUDA device", file=sys.stderr)
+        return 2
+    from triton.testing import do_bench
+
+    torch.manual_seed(args.seed)
+    amp = None if args.amp == "none" else DTYPES[args.amp]
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+          f"training step, autocast {args.amp}, mean-square loss, gradients of all parameters")
+    print(f"{'model':22} {'batch':>5} {'input':>16} {'eager ms':>9} {'kernels ms':>10} {'graph ms':>9} "
+          f"{'peak MiB':>9}")
+    for name in args.models:
+        model = ssmzoo.create_model(name).cuda().train()
+        for batch in args.batch:
+            x = model_input(model, batch, tuple(args.input_size) if args.input_size else None)
+            step = training_step(model, x, amp)
+            step()  # compiles the kernels, warms the allocator
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            eager = do_bench(step, return_mode="median")
+            kernels = kernel_ms(step)
+            graph = graph_ms(step)
+            graph_txt = f"{graph:9.1f}" if isinstance(graph, float) else f"  {graph}"
+            print(f"{name:22} {batch:5d} {'x'.join(map(str, x.shape[1:])):>16} {eager:9.1f} {kernels:10.1f} "
+                  f"{graph_txt} {peak:9.0f}", flush=True)
+            del x, step
+            torch.cuda.empty_cache()
+        del model
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +408,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ops.add_argument("--cold-cache", action="store_true",
                      help="compile into an empty Triton cache, so that '1st call s' is the compile time")
     ops.set_defaults(func=bench_ops)
+    model = sub.add_parser("model", help="a training step of registered models: eager, kernels, CUDA graph (CUDA)")
+    model.add_argument("models", nargs="+", help="registered names, e.g. dpmamba_m vmamba_tiny")
+    model.add_argument("--batch", nargs="+", type=int, default=[1])
+    model.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16", help="autocast dtype")
+    model.add_argument("--input-size", nargs="+", type=int,
+                       help="per-item input size (default: the model's pretrained_cfg input_size)")
+    model.add_argument("--seed", type=int, default=0)
+    model.set_defaults(func=bench_model)
     return parser.parse_args(argv)
 
 

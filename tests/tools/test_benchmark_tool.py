@@ -108,3 +108,20 @@ def test_cold_cache_option_points_triton_at_an_empty_directory(monkeypatch):
     first, second = benchmark.use_cold_cache(), benchmark.use_cold_cache()
     assert first != second and os.environ["TRITON_CACHE_DIR"] == second
     assert os.path.isdir(second) and not os.listdir(second)
+
+
+def test_model_step_pieces_on_the_cpu():
+    """`benchmark.py model`'s input and step: the input has the model's pretrained_cfg size (or the one asked for),
+    and a step returns a finite gradient for every trainable parameter (its GPU timing itself needs CUDA)."""
+    import ssmzoo
+
+    model = ssmzoo.create_model("dpmamba_xs")
+    assert benchmark.model_input(model, 3, device="cpu").shape == (3, 32000)
+    x = benchmark.model_input(model, 2, (1600,), device="cpu")
+    assert x.shape == (2, 1600)
+    grads = benchmark.training_step(model, x, None)()
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(params) and all(g.shape == p.shape for g, p in zip(grads, params, strict=True))
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    args = benchmark.parse_args(["model", "dpmamba_xs", "vim_tiny", "--batch", "1", "4", "--amp", "none"])
+    assert args.models == ["dpmamba_xs", "vim_tiny"] and args.batch == [1, 4] and args.func is benchmark.bench_model
