@@ -27,20 +27,19 @@ def group_norm_by_reduction(x: Tensor, num_groups: int, weight: Tensor | None, b
                          f"num_groups={num_groups}")
     grouped = x.unflatten(1, (num_groups, x.shape[1] // num_groups))  # (B, G, C/G, *)
     dims = tuple(range(2, grouped.dim()))
-    var, mean = torch.var_mean(grouped.to(torch.promote_types(x.dtype, torch.float32)), dim=dims, unbiased=False,
-                               keepdim=True)
+    stats_dtype = torch.promote_types(x.dtype, torch.float32)
+    var, mean = torch.var_mean(grouped.to(stats_dtype), dim=dims, correction=0, keepdim=True)
     # y = x * scale + shift with a scale and shift per (item, channel), as PyTorch's own kernel computes it: one
-    # elementwise pass over x (and one in the backward)
+    # elementwise pass over x (and one in the backward). Few ops: each costs host time in eager training.
     scale = torch.rsqrt(var + eps)
-    shift = -mean * scale
     channel_shape = (1, num_groups, x.shape[1] // num_groups) + (1,) * (x.dim() - 2)
     if weight is not None:
         scale = scale * weight.view(channel_shape)
-        shift = shift * weight.view(channel_shape)
     if bias is not None:
-        shift = shift + bias.view(channel_shape)
+        shift = torch.addcmul(bias.view(channel_shape), mean, scale, value=-1)
+    else:
+        shift = mean * scale.neg()
     return torch.addcmul(shift, grouped, scale).flatten(1, 2)
-
 
 class LargeGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same arguments, parameters and keys) whose CUDA forward uses
