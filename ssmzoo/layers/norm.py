@@ -5,9 +5,10 @@ PyTorch's CUDA GroupNorm takes each (item, group)'s mean and variance with one t
 elements: ~0.9 ms a call on an H100, a third of a DPMamba-M training step's GPU time at batch 1 (33 such norms).
 :class:`LargeGroupNorm` takes the statistics with ``torch.var_mean`` (PyTorch's reduction kernel, spread over the
 whole GPU) and normalises in one elementwise pass: at that input (bf16 autocast, H100) its kernels take 41 µs
-instead of 948 for the forward, 177 instead of 974 with the backward, and a DPMamba-M training step's kernels 62.4
-ms instead of 90.0 (218.0 instead of 269.5 at batch 4). Same parameters, state-dict keys and results (to fp32
-rounding); on the CPU it is ``nn.GroupNorm`` itself.
+instead of 948 for the forward, 177 instead of 974 with the backward, and a DPMamba-M training step's kernels 62.3
+ms instead of 90.3 (`tools/benchmark.py model`; README). The price is host time: ~25 small ops instead of two (~0.2
+ms more a forward and backward on a 2-core EPYC), which a host-bound eager step pays. Same parameters, state-dict
+keys and results (to fp32 rounding); on the CPU it is ``nn.GroupNorm`` itself.
 """
 from __future__ import annotations
 
