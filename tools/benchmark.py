@@ -132,27 +132,33 @@ def _fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> dict[str, float]:
     return dict(fwd=1e3 * fwd, bwd=1e3 * bwd, total=1e3 * total)
 
 
-def graph_fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> float:
-    """Median µs of a replay of ``forward()`` and its backward captured in one CUDA graph (do_bench, L2 flushed)."""
+def graph_ms(step) -> float:
+    """Median ms of a replay of ``step()`` captured in one CUDA graph (do_bench, L2 flushed). Raises RuntimeError
+    when the step cannot be captured (a host sync, a CPU tensor read)."""
     import warnings
 
     from triton.testing import do_bench
 
-    grad = torch.randn_like(forward())
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # a warm-up off the capture, as torch.cuda.graph asks
-        torch.autograd.grad(forward(), leaves, grad)
+        step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with warnings.catch_warnings():
         # the leaves' autograd nodes date from calls on the default stream; torch notes it once (harmless here)
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         with torch.cuda.graph(graph):
-            torch.autograd.grad(forward(), leaves, grad)
-    us = 1e3 * do_bench(graph.replay, return_mode="median")
+            step()
+    ms = do_bench(graph.replay, return_mode="median")
     del graph  # its memory pool goes back before the next shape
-    return us
+    return ms
+
+
+def graph_fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> float:
+    """Median µs of a replay of ``forward()`` and its backward captured in one CUDA graph."""
+    grad = torch.randn_like(forward())
+    return 1e3 * graph_ms(lambda: torch.autograd.grad(forward(), leaves, grad))
 
 
 def peak_mib(forward, leaves: list[torch.Tensor]) -> float:
@@ -336,30 +342,6 @@ def kernel_ms(step) -> float:
     return sum(kernels) / 3 / 1e3
 
 
-def graph_ms(step) -> float | str:
-    """Median ms of a replay of ``step`` captured in one CUDA graph, or why it could not be captured."""
-    import warnings
-
-    from triton.testing import do_bench
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # a warm-up off the capture, as torch.cuda.graph asks
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
-            with torch.cuda.graph(graph):
-                step()
-    except RuntimeError as err:  # a model with a host sync or dynamic shapes cannot be captured: say so
-        return f"not capturable: {str(err).splitlines()[0][:80]}"
-    ms = do_bench(graph.replay, return_mode="median")
-    del graph
-    return ms
-
-
 def bench_model(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("model: needs a CUDA device", file=sys.stderr)
@@ -386,8 +368,10 @@ def bench_model(args: argparse.Namespace) -> int:
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             eager = do_bench(step, return_mode="median")
             kernels = kernel_ms(step)
-            graph = graph_ms(step)
-            graph_txt = f"{graph:9.1f}" if isinstance(graph, float) else f"  {graph}"
+            try:
+                graph_txt = f"{graph_ms(step):9.1f}"
+            except RuntimeError as err:  # a model with a host sync cannot be captured: say so, time the rest
+                graph_txt = f"  not capturable: {str(err).splitlines()[0][:80]}"
             print(f"{name:22} {batch:5d} {'x'.join(map(str, x.shape[1:])):>16} {eager:9.1f} {kernels:10.1f} "
                   f"{graph_txt} {peak:9.0f}", flush=True)
             del x, step
