@@ -161,19 +161,21 @@ def graph_fwd_bwd_us(forward, leaves: list[torch.Tensor]) -> float:
     return 1e3 * graph_ms(lambda: torch.autograd.grad(forward(), leaves, grad))
 
 
-def peak_mib(forward, leaves: list[torch.Tensor]) -> float:
-    """MiB a forward and backward allocate beyond what is allocated before it (its inputs): the peak of the
-    activations saved for the backward, the kernels' workspaces and copies, the output and the gradients."""
-    out = forward()
-    grad = torch.randn_like(out)
-    del out
+def step_peak_mib(step) -> float:
+    """MiB that ``step()`` allocates at its peak beyond what is allocated before it."""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    grads = torch.autograd.grad(forward(), leaves, grad)
+    step()  # what it returns is dropped after the peak is recorded
     torch.cuda.synchronize()
-    del grads
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def peak_mib(forward, leaves: list[torch.Tensor]) -> float:
+    """MiB a forward and backward allocate beyond what is allocated before it (its inputs): the peak of the
+    activations saved for the backward, the kernels' workspaces and copies, the output and the gradients."""
+    grad = torch.randn_like(forward())
+    return step_peak_mib(lambda: torch.autograd.grad(forward(), leaves, grad))
 
 
 def time_backend(backend: str, kw: dict) -> dict[str, float]:
@@ -360,12 +362,7 @@ def bench_model(args: argparse.Namespace) -> int:
             x = model_input(model, batch, tuple(args.input_size) if args.input_size else None)
             step = training_step(model, x, amp)
             step()  # compiles the kernels, warms the allocator
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            peak = step_peak_mib(step)
             eager = do_bench(step, return_mode="median")
             kernels = kernel_ms(step)
             try:
